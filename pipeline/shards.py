@@ -1,0 +1,124 @@
+"""WebDataset shard folders in the img2dataset / open_clip convention.
+
+A shard folder holds `{00000..N}.tar` and a `sizes.json` (shard file name -> sample count), which
+open_clip reads for sample counts. Samples are dicts of `KEY.ext -> bytes`, as webdataset writes them.
+
+Reading goes through webdataset with a log-and-continue handler: one corrupt member is skipped,
+counted and reported, never fatal (the open_clip data path does the same).
+"""
+from __future__ import annotations
+
+import io
+import json
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Iterator
+
+import webdataset as wds
+from PIL import Image
+
+from .atomic import atomic_dir
+
+log = logging.getLogger(__name__)
+
+IMAGE_EXTS = ("png", "jpg", "jpeg", "webp")
+
+
+@dataclass
+class ShardInfo:
+    """What a shard folder holds, read from its `sizes.json`."""
+
+    root: Path
+    sizes: dict[str, int]
+
+    @property
+    def urls(self) -> list[str]:
+        return [str(self.root / name) for name in sorted(self.sizes)]
+
+    @property
+    def num_samples(self) -> int:
+        return sum(self.sizes.values())
+
+
+def read_shard_info(root: str | os.PathLike) -> ShardInfo:
+    root = Path(root)
+    sizes_path = root / "sizes.json"
+    if not sizes_path.is_file():
+        raise FileNotFoundError(f"{sizes_path}: missing; expected a WebDataset shard folder with sizes.json")
+    sizes = json.loads(sizes_path.read_text())
+    missing = [n for n in sizes if not (root / n).is_file()]
+    if missing:
+        raise FileNotFoundError(f"{root / missing[0]}: listed in sizes.json but missing")
+    return ShardInfo(root=root, sizes=sizes)
+
+
+def write_shards(root: str | os.PathLike, samples: Iterable[dict], max_per_shard: int = 1000) -> ShardInfo:
+    """Write samples (each with `__key__` and `ext -> bytes|str` members) atomically to `root`."""
+    root = Path(root)
+    with atomic_dir(root) as tmp:
+        sizes: dict[str, int] = {}
+        pattern = str(tmp / "%05d.tar")
+        with wds.ShardWriter(pattern, maxcount=max_per_shard, verbose=0) as sink:
+            for sample in samples:
+                sink.write(sample)
+                name = os.path.basename(sink.fname)
+                sizes[name] = sizes.get(name, 0) + 1
+        (tmp / "sizes.json").write_text(json.dumps(sizes, indent=1, sort_keys=True) + "\n")
+    return ShardInfo(root=root, sizes=sizes)
+
+
+def encode_png(image: Image.Image) -> bytes:
+    buf = io.BytesIO()
+    image.save(buf, format="PNG", optimize=False)
+    return buf.getvalue()
+
+
+@dataclass
+class SkipCounter:
+    """A webdataset handler that logs and counts bad samples instead of failing."""
+
+    skipped: int = 0
+    examples: list[str] = field(default_factory=list)
+
+    def __call__(self, exn: Exception) -> bool:
+        self.skipped += 1
+        if len(self.examples) < 5:
+            self.examples.append(repr(exn)[:200])
+        log.warning("skipping bad sample: %r", exn)
+        return True
+
+    def report(self, what: str) -> str | None:
+        if not self.skipped:
+            return None
+        return f"{what}: skipped {self.skipped} bad sample(s), e.g. {self.examples[0]}"
+
+
+def decode_image(data: bytes, key: str = "?") -> Image.Image:
+    """Decode image bytes to RGB, composited on white; raises ValueError naming the key if corrupt."""
+    try:
+        img = Image.open(io.BytesIO(data))
+        img.load()
+    except Exception as e:  # PIL raises many types for a corrupt file
+        raise ValueError(f"sample {key}: undecodable image ({e})") from e
+    if img.mode in ("RGBA", "LA", "P"):
+        img = img.convert("RGBA")
+        bg = Image.new("RGBA", img.size, (255, 255, 255, 255))
+        img = Image.alpha_composite(bg, img)
+    return img.convert("RGB")
+
+
+def iter_samples(root: str | os.PathLike, skips: SkipCounter | None = None) -> Iterator[dict]:
+    """Raw samples (key -> bytes) of a shard folder, in order; bad tar members are skipped and counted."""
+    info = read_shard_info(root)
+    handler = skips if skips is not None else SkipCounter()
+    ds = wds.WebDataset(info.urls, shardshuffle=False, handler=handler, empty_check=False)
+    yield from ds
+
+
+def sample_image_bytes(sample: dict) -> tuple[str, bytes]:
+    for ext in IMAGE_EXTS:
+        if ext in sample:
+            return ext, sample[ext]
+    raise KeyError(f"sample {sample.get('__key__')}: no image member (looked for {IMAGE_EXTS})")

@@ -1,0 +1,123 @@
+"""The caption stage: one caption record per finetune sample, and the default captioner.
+
+The default backend, `nn`, is a stand-in for BLIP: no captioner's weights can be had offline, so each
+finetune image gets the captions of its nearest corpus images under the base model. Those captions
+are real human-written text about *similar* images, not a description of this image: they carry the
+style and vocabulary of the corpus (what the text-compensated anchors are for) but can name the wrong
+object. The BLIP / BLIP-2 backends run the same stage on local weights.
+"""
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import torch
+import torch.nn.functional as F
+
+from .atomic import atomic_file
+from .captioners import caption_dataset, create_captioner, list_captioners, register_captioner
+from .embed import iter_shard_images
+from .models import create_model
+from .params import register_params
+from .shards import SkipCounter
+
+log = logging.getLogger(__name__)
+
+
+@register_params("caption")
+@dataclass
+class CaptionParams:
+    backend: str = field(default="nn", metadata={"choices": ("nn", "blip", "blip2")})
+    model_path: str | None = None  # local BLIP / BLIP-2 folder (backends blip, blip2)
+    num_captions: int = field(default=1, metadata={"gt": 0})
+    batch_size: int = field(default=32, metadata={"gt": 0})
+    max_new_tokens: int = field(default=30, metadata={"gt": 0})
+    prompt: str | None = None
+
+    def check(self, where: str) -> None:
+        from .params import ParamsError
+
+        if self.backend in ("blip", "blip2") and not self.model_path:
+            raise ParamsError(f"{where}.model_path: required for backend {self.backend!r} (a local model folder)")
+
+
+def read_clip_retrieval_embeddings(emb_dir: Path, kind: str = "img") -> tuple[np.ndarray, list[str], list[str]]:
+    """Embeddings, keys and captions from clip-retrieval's inference layout (rows match across files)."""
+    emb_files = sorted((emb_dir / f"{kind}_emb").glob(f"{kind}_emb_*.npy"), key=lambda p: int(p.stem.rsplit("_", 1)[1]))
+    meta_files = sorted((emb_dir / "metadata").glob("metadata_*.parquet"), key=lambda p: int(p.stem.rsplit("_", 1)[1]))
+    if not emb_files or len(emb_files) != len(meta_files):
+        raise FileNotFoundError(f"{emb_dir}: expected {kind}_emb/{kind}_emb_N.npy with matching metadata/metadata_N.parquet")
+    emb = np.concatenate([np.load(p) for p in emb_files]).astype(np.float32)
+    tables = [pq.read_table(p).to_pydict() for p in meta_files]
+    keys = [k for t in tables for k in t.get("key", t.get("__key__", []))]
+    captions = [c for t in tables for c in t["caption"]]
+    if not (len(keys) == len(captions) == len(emb)):
+        raise ValueError(f"{emb_dir}: {len(emb)} embeddings but {len(keys)} keys / {len(captions)} captions")
+    return emb, keys, captions
+
+
+@register_captioner("nn")
+class NearestNeighbourCaptioner:
+    """Captions of the nearest corpus images (cosine, base model image embeddings), distinct texts only."""
+
+    def __init__(self, model_spec: str, corpus_emb_dir: str | Path, num_captions: int = 1, batch_size: int = 64, **_):
+        lm = create_model(model_spec)
+        self.model, self.preprocess = lm.model.eval(), lm.preprocess
+        emb, _, self.captions = read_clip_retrieval_embeddings(Path(corpus_emb_dir), "img")
+        self.corpus = F.normalize(torch.from_numpy(emb), dim=-1)
+        self.num_captions = num_captions
+        self.batch_size = batch_size
+
+    @torch.inference_mode()
+    def caption(self, images) -> list[list[str]]:
+        x = torch.stack([self.preprocess(im) for im in images])
+        sims = F.normalize(self.model.encode_image(x), dim=-1) @ self.corpus.t()
+        order = sims.argsort(dim=1, descending=True)
+        out = []
+        for row in order.tolist():
+            picked: list[str] = []
+            for j in row:  # the four styles of one corpus emoji share a caption: skip repeats
+                if self.captions[j] not in picked:
+                    picked.append(self.captions[j])
+                if len(picked) == self.num_captions:
+                    break
+            out.append(picked)
+        return out
+
+
+def caption_finetune_set(finetune_dir: Path, out_path: Path, params: CaptionParams, base_model_spec: str,
+                         corpus_emb_dir: Path) -> dict:
+    """Caption every finetune image; write JSONL records {key, captions} atomically."""
+    if params.backend == "nn":
+        captioner = create_captioner("nn", model_spec=base_model_spec, corpus_emb_dir=corpus_emb_dir,
+                                     num_captions=params.num_captions, batch_size=params.batch_size)
+    else:
+        captioner = create_captioner(params.backend, model_path=params.model_path, batch_size=params.batch_size,
+                                     num_captions=params.num_captions, max_new_tokens=params.max_new_tokens,
+                                     prompt=params.prompt)
+    skips = SkipCounter()
+    samples = ((key, image) for key, image, _ in iter_shard_images(finetune_dir, skips))
+    n = 0
+    with atomic_file(out_path) as f:
+        for record in caption_dataset(captioner, samples, params.batch_size):
+            f.write(json.dumps(record) + "\n")
+            n += 1
+    if skips.skipped:
+        log.warning(skips.report(str(finetune_dir)))
+    return {"captioned": n, "skipped": skips.skipped, "backend": params.backend, "backends": list_captioners()}
+
+
+def read_captions(path: Path) -> dict[str, list[str]]:
+    records = {}
+    with open(path) as f:
+        for i, line in enumerate(f, 1):
+            try:
+                r = json.loads(line)
+                records[r["key"]] = r["captions"]
+            except (json.JSONDecodeError, KeyError) as e:
+                raise ValueError(f"{path}:{i}: bad caption record ({e})") from None
+    return records

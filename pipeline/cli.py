@@ -1,0 +1,185 @@
+"""`arf`: one command per pipeline stage, each usable outside DVC on explicit paths.
+
+Every command first checks the whole params file (see pipeline.params), so a bad key stops it before
+anything is written. The DVC stages in `stages/` call these commands with the project's paths.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
+PARAMS = typer.Option(Path("params.yaml"), "--params", help="params file (checked whole before running)")
+
+
+def _params(path: Path, section: str):
+    from .params import ParamsError, load_stage_params
+
+    try:
+        return load_stage_params(section, path)
+    except ParamsError as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(2)
+
+
+def _report(name: str, started: float, report: dict) -> None:
+    report = {k: v for k, v in report.items() if k != "history"}
+    typer.echo(f"[{name}] {time.time() - started:.1f}s {json.dumps(report, default=str)}")
+
+
+@app.callback()
+def main(verbose: bool = typer.Option(False, "--verbose", "-v")) -> None:
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+
+
+@app.command("check-params")
+def check_params(params: Path = PARAMS) -> None:
+    """Check every section of a params file; print the sections."""
+    from .params import ParamsError, load_params_file
+
+    try:
+        sections = load_params_file(params)
+    except ParamsError as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(2)
+    typer.echo(f"{params}: ok ({', '.join(sections)})")
+
+
+@app.command("build-data")
+def build_data(out: Path = typer.Option(Path("data")), params: Path = PARAMS) -> None:
+    """Build the default benchmark and corpus from the packaged images."""
+    from .datasets.default import build_default_data
+
+    p, t = _params(params, "data"), time.time()
+    _report("build-data", t, build_default_data(out, p))
+
+
+@app.command()
+def align(corpus: Path = typer.Option(Path("data/corpus")), out: Path = typer.Option(Path("models/base")),
+          params: Path = PARAMS) -> None:
+    """Align the default base model LiT-style (towers frozen, projections trained) on the corpus."""
+    from .align import align_base
+
+    p, t = _params(params, "align"), time.time()
+    _report("align", t, align_base(corpus, out, p))
+
+
+@app.command()
+def caption(finetune: Path = typer.Option(Path("data/benchmark/finetune")),
+            base: Path = typer.Option(Path("models/base"), help="base model folder (nn backend)"),
+            corpus_emb: Path = typer.Option(Path("data/corpus_emb"), help="clip-retrieval embeddings (nn backend)"),
+            out: Path = typer.Option(Path("data/captions/captions.jsonl")), params: Path = PARAMS) -> None:
+    """Caption the finetune images (backends: nn, blip, blip2)."""
+    from .caption import caption_finetune_set
+    from .models import model_dir_spec
+
+    p, t = _params(params, "caption"), time.time()
+    spec = model_dir_spec(base) if p.backend == "nn" else ""
+    _report("caption", t, caption_finetune_set(finetune, out, p, spec, corpus_emb))
+
+
+@app.command("embed-prompts")
+def embed_prompts(classes: Path = typer.Option(Path("data/benchmark/classes.json")),
+                  base: Path = typer.Option(Path("models/base")),
+                  out: Path = typer.Option(Path("data/prompts/seen.npz")),
+                  split: str = typer.Option("seen", help="which class list of classes.json"),
+                  params: Path = PARAMS) -> None:
+    """Embed class names x templates with the base text tower (the zero-shot head)."""
+    from .embed import load_classes, save_class_embeddings, zeroshot_head
+    from .models import create_model, model_dir_spec
+
+    _params(params, "data")
+    t = time.time()
+    cls = load_classes(classes)
+    lm = create_model(model_dir_spec(base))
+    head = zeroshot_head(lm.model.eval(), lm.tokenizer, cls[split], cls["templates"])
+    save_class_embeddings(out, head, cls[split], cls["templates"])
+    _report("embed-prompts", t, {"classes": len(cls[split]), "templates": len(cls["templates"]), "dim": head.shape[1]})
+
+
+@app.command()
+def pack(finetune: Path = typer.Option(Path("data/benchmark/finetune")),
+         val: Path = typer.Option(Path("data/benchmark/val")),
+         captions: Path = typer.Option(Path("data/captions/captions.jsonl")),
+         anchors: Path = typer.Option(Path("data/anchors/anchors.jsonl")),
+         corpus: Path = typer.Option(Path("data/corpus")),
+         classes: Path = typer.Option(Path("data/benchmark/classes.json")),
+         out: Path = typer.Option(Path("data/packed")), params: Path = PARAMS) -> None:
+    """Pack finetune samples (with captions), the ID validation split and anchor pairs into training shards."""
+    from .pack import pack as pack_shards
+
+    p, t = _params(params, "pack"), time.time()
+    _report("pack", t, pack_shards(finetune, val, captions, anchors, corpus, classes, out, p))
+
+
+@app.command()
+def train(method: str = typer.Argument(..., help="a registered method (arf list-methods)"),
+          packed: Path = typer.Option(Path("data/packed")), base: Path = typer.Option(Path("models/base")),
+          out: Optional[Path] = typer.Option(None, help="default: models/<method>"),
+          live: Optional[Path] = typer.Option(None, help="dvclive folder; default: results/train/<method>"),
+          params: Path = PARAMS) -> None:
+    """Finetune the base model with one method on the packed shards."""
+    from .methods import get_method
+    from .models import model_dir_spec
+    from .train import train as run_train
+
+    p, t = _params(params, "train"), time.time()
+    try:
+        m = get_method(method)
+    except KeyError as e:
+        typer.echo(f"error: {e.args[0]}", err=True)
+        raise typer.Exit(2)
+    method_params = getattr(_params(params, "methods"), method, None) or m.params()
+    out = out or Path("models") / method
+    _report(f"train {method}", t, run_train(method, packed, model_dir_spec(base), out, p, method_params,
+                                            live or Path("results/train") / method))
+
+
+@app.command()
+def evaluate(models: list[str] = typer.Argument(..., help="NAME=MODEL_DIR pairs, e.g. zeroshot=models/base"),
+             eval_root: Path = typer.Option(Path("data/benchmark/eval")),
+             out: Path = typer.Option(Path("results")), params: Path = PARAMS) -> None:
+    """Score models on every eval set; write results/summary.json and summary.md."""
+    from .evaluate import evaluate_models
+    from .models import model_dir_spec
+
+    _params(params, "data")
+    t = time.time()
+    specs = {}
+    for item in models:
+        name, sep, folder = item.partition("=")
+        if not sep:
+            typer.echo(f"error: {item!r}: expected NAME=MODEL_DIR", err=True)
+            raise typer.Exit(2)
+        specs[name] = model_dir_spec(folder)
+    summary = evaluate_models(specs, eval_root, out / "summary.json", out / "summary.md")
+    typer.echo((out / "summary.md").read_text())
+    _report("evaluate", t, {"models": list(specs), "sets": list(summary["chance"])})
+
+
+@app.command("list")
+def list_registered() -> None:
+    """List registered methods, captioners and params sections."""
+    from . import caption  # noqa: F401  (registers the nn captioner)
+    from .captioners import list_captioners
+    from .methods import list_methods
+    from .params import list_param_sections
+
+    typer.echo(f"methods: {', '.join(list_methods())}")
+    typer.echo(f"captioners: {', '.join(list_captioners())}")
+    typer.echo(f"params sections: {', '.join(list_param_sections())}")
+
+
+def run(args: list[str] | None = None) -> None:
+    """Entry point of `arf` and of the DVC stages: bad input ends in one line, not a traceback."""
+    try:
+        app(args)
+    except (FileNotFoundError, ValueError) as e:
+        typer.echo(f"error: {e}", err=True)
+        sys.exit(1)

@@ -1,0 +1,63 @@
+#!/usr/bin/env bash
+# Set-up for the embedded default: Python venv (.venv), the packaged images (npm, Debian) and DVC.
+# Idempotent: a second run installs nothing new. Without root or apt it says what to run instead.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PY=${PYTHON:-python3}
+NPM_PACKAGES=(emoji-datasource-google@16.0.0 emoji-datasource-twitter@16.0.0 openmoji@17.0.0)
+DEB_PACKAGES=(tuxpaint-stamps-default openclipart-png libcairo2)
+
+say() { printf '[setup] %s\n' "$*"; }
+
+# 1. Python dependencies (pyproject.toml). pip resolves torch 2.14.1 + torchvision 0.29.1 from the
+#    machine's local wheels; `pip check` must stay clean.
+if [ ! -x .venv/bin/python ]; then
+  say "creating .venv"
+  "$PY" -m venv .venv
+fi
+if ! .venv/bin/python -c "import pipeline, open_clip, clip_retrieval, dvc, pytest" 2>/dev/null \
+   || [ pyproject.toml -nt .venv/.installed ]; then
+  say "installing Python dependencies (first time: ~3 min)"
+  log=$(mktemp)
+  if ! .venv/bin/python -m pip install -e '.[test]' >"$log" 2>&1; then
+    grep -v "^WARNING: Location" "$log" | tail -30; say "pip install failed (full log: $log)"; exit 1
+  fi
+  .venv/bin/python -c "import pipeline, open_clip, clip_retrieval, dvc, pytest" 2>/dev/null
+  touch .venv/.installed
+fi
+.venv/bin/python -m pip check >/dev/null || { .venv/bin/python -m pip check; exit 1; }
+
+# 2. Debian packages: Tux Paint stamps and Open Clip Art (corpus images), cairo (SVG rendering).
+missing=()
+for p in "${DEB_PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    say "installing Debian packages: ${missing[*]}"
+    apt-get update -qq >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+  else
+    say "missing Debian packages: ${missing[*]}"
+    say "run as root: apt-get install ${missing[*]}   (then run this script again)"
+    exit 1
+  fi
+fi
+
+# 3. npm packages: the emoji images (Google, Twitter, OpenMoji), pinned, into .assets/.
+need_npm=0
+for spec in "${NPM_PACKAGES[@]}"; do
+  name=${spec%@*}; ver=${spec##*@}
+  have=$(sed -n 's/.*"version": *"\([^"]*\)".*/\1/p' ".assets/node_modules/$name/package.json" 2>/dev/null | head -1)
+  [ "$have" = "$ver" ] || need_npm=1
+done
+if [ $need_npm = 1 ]; then
+  command -v npm >/dev/null || { say "npm not found: install Node.js and npm (apt-get install npm), then rerun"; exit 1; }
+  say "installing npm packages: ${NPM_PACKAGES[*]}"
+  mkdir -p .assets
+  [ -f .assets/package.json ] || echo '{"private": true}' > .assets/package.json
+  npm install --prefix .assets --no-audit --no-fund --silent "${NPM_PACKAGES[@]}"
+fi
+
+say "ok"

@@ -13,8 +13,6 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
-import pyarrow.parquet as pq
 import torch
 import torch.nn.functional as F
 
@@ -23,6 +21,7 @@ from .captioners import caption_dataset, create_captioner, list_captioners, regi
 from .embed import iter_shard_images
 from .models import create_model
 from .params import register_params
+from .retrieve import load_embeddings, load_metadata
 from .shards import SkipCounter
 
 log = logging.getLogger(__name__)
@@ -45,21 +44,6 @@ class CaptionParams:
             raise ParamsError(f"{where}.model_path: required for backend {self.backend!r} (a local model folder)")
 
 
-def read_clip_retrieval_embeddings(emb_dir: Path, kind: str = "img") -> tuple[np.ndarray, list[str], list[str]]:
-    """Embeddings, keys and captions from clip-retrieval's inference layout (rows match across files)."""
-    emb_files = sorted((emb_dir / f"{kind}_emb").glob(f"{kind}_emb_*.npy"), key=lambda p: int(p.stem.rsplit("_", 1)[1]))
-    meta_files = sorted((emb_dir / "metadata").glob("metadata_*.parquet"), key=lambda p: int(p.stem.rsplit("_", 1)[1]))
-    if not emb_files or len(emb_files) != len(meta_files):
-        raise FileNotFoundError(f"{emb_dir}: expected {kind}_emb/{kind}_emb_N.npy with matching metadata/metadata_N.parquet")
-    emb = np.concatenate([np.load(p) for p in emb_files]).astype(np.float32)
-    tables = [pq.read_table(p).to_pydict() for p in meta_files]
-    keys = [k for t in tables for k in t.get("key", t.get("__key__", []))]
-    captions = [c for t in tables for c in t["caption"]]
-    if not (len(keys) == len(captions) == len(emb)):
-        raise ValueError(f"{emb_dir}: {len(emb)} embeddings but {len(keys)} keys / {len(captions)} captions")
-    return emb, keys, captions
-
-
 @register_captioner("nn")
 class NearestNeighbourCaptioner:
     """Captions of the nearest corpus images (cosine, base model image embeddings), distinct texts only."""
@@ -67,7 +51,8 @@ class NearestNeighbourCaptioner:
     def __init__(self, model_spec: str, corpus_emb_dir: str | Path, num_captions: int = 1, batch_size: int = 64, **_):
         lm = create_model(model_spec)
         self.model, self.preprocess = lm.model.eval(), lm.preprocess
-        emb, _, self.captions = read_clip_retrieval_embeddings(Path(corpus_emb_dir), "img")
+        emb = load_embeddings(corpus_emb_dir, "image")
+        self.captions = list(load_metadata(Path(corpus_emb_dir) / "metadata")["caption"])
         self.corpus = F.normalize(torch.from_numpy(emb), dim=-1)
         self.num_captions = num_captions
         self.batch_size = batch_size

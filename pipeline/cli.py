@@ -70,6 +70,46 @@ def align(corpus: Path = typer.Option(Path("data/corpus")), out: Path = typer.Op
     _report("align", t, align_base(corpus, out, p))
 
 
+@app.command("embed-corpus")
+def embed_corpus(corpus: Path = typer.Option(Path("data/corpus")), base: Path = typer.Option(Path("models/base")),
+                 out: Path = typer.Option(Path("data/corpus_emb")), params: Path = PARAMS) -> None:
+    """Embed corpus images and captions with clip-retrieval's inference (webdataset input)."""
+    from .models import model_dir_spec
+    from .retrieve import embed_corpus as run_embed
+
+    p, t = _params(params, "embed_corpus"), time.time()
+    report = run_embed(corpus, model_dir_spec(base), out, batch_size=p.batch_size, num_workers=p.num_workers)
+    for s in report["skipped_samples"][:20]:
+        typer.echo(f"skipped {s['key']}: {s['reason']}")
+    keep = ("samples_expected", "samples_embedded", "skipped", "dim", "samples_per_s", "steady_samples_per_s",
+            "duplicate_keys", "unreadable_shards")
+    _report("embed-corpus", t, {k: report[k] for k in keep if k in report})
+
+
+@app.command()
+def retrieve(emb: Path = typer.Option(Path("data/corpus_emb")), prompts: Path = typer.Option(Path("data/prompts/seen.npz")),
+             index: Path = typer.Option(Path("data/corpus_index")),
+             out: Path = typer.Option(Path("data/anchors"), help="folder for anchors.jsonl and stats.json"),
+             params: Path = PARAMS) -> None:
+    """Index the corpus embeddings (autofaiss) and retrieve the top-k corpus pairs per class."""
+    from .atomic import write_json
+    from .retrieve import anchor_stats, build_index, format_anchor_report, load_prompts, retrieve_anchors, write_anchors
+
+    p, t = _params(params, "retrieve"), time.time()
+    _, classnames = load_prompts(prompts)
+    index_report = build_index(emb, index, index_key=p.index_key, flat_below=p.flat_below,
+                               max_index_memory_usage=p.max_index_memory_usage,
+                               current_memory_available=p.current_memory_available)
+    records = retrieve_anchors(index, prompts, p.k_per_class, target=p.target, dedup=p.dedup)
+    write_anchors(records, out / "anchors.jsonl")
+    stats = anchor_stats(records, classnames)
+    write_json(out / "stats.json", {"k_per_class": p.k_per_class, "target": p.target, "dedup": p.dedup,
+                                    "anchors": len(records), "classes": stats})
+    typer.echo(format_anchor_report(stats, p.k_per_class))
+    _report("retrieve", t, {"anchors": len(records), **{f"{k}_index": f"{r['index_key']} ({r['chosen_by']})"
+                                                         for k, r in index_report.items() if isinstance(r, dict) and "index_key" in r}})
+
+
 @app.command()
 def caption(finetune: Path = typer.Option(Path("data/benchmark/finetune")),
             base: Path = typer.Option(Path("models/base"), help="base model folder (nn backend)"),
@@ -177,9 +217,11 @@ def list_registered() -> None:
 
 
 def run(args: list[str] | None = None) -> None:
+    from .models import ModelNotAvailable
+
     """Entry point of `arf` and of the DVC stages: bad input ends in one line, not a traceback."""
     try:
         app(args)
-    except (FileNotFoundError, ValueError) as e:
+    except (FileNotFoundError, ValueError, ModelNotAvailable) as e:
         typer.echo(f"error: {e}", err=True)
         sys.exit(1)

@@ -161,6 +161,7 @@ def create_model(spec: str | ModelSpec, device: str = "cpu") -> LoadedModel:
         raise
     if spec.name == DEFAULT_MODEL and spec.pretrained is None:
         load_packaged_image_tower(model)
+    model.eval()  # callers that train switch to train mode themselves
     tokenizer = open_clip.get_tokenizer(spec.name)
     return LoadedModel(model=model, preprocess=preprocess, tokenizer=tokenizer, spec=spec)
 

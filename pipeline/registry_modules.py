@@ -1,3 +1,4 @@
 """Modules that register a params section; imported so that the whole params file can be checked."""
-from . import datasets  # noqa: F401
+from .datasets import default  # noqa: F401
+from . import align, caption, pack, train  # noqa: F401
 from . import retrieve  # noqa: F401

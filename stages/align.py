@@ -2,10 +2,4 @@
 from pipeline.cli import run
 
 if __name__ == "__main__":
-    run([
-        "align",
-        "--corpus",
-        "data/corpus",
-        "--out",
-        "models/base",
-    ])
+    run(["align", "--corpus", "data/corpus", "--out", "models/base"])

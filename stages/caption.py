@@ -2,14 +2,5 @@
 from pipeline.cli import run
 
 if __name__ == "__main__":
-    run([
-        "caption",
-        "--finetune",
-        "data/benchmark/finetune",
-        "--base",
-        "models/base",
-        "--corpus-emb",
-        "data/corpus_emb",
-        "--out",
-        "data/captions/captions.jsonl",
-    ])
+    run(["caption", "--finetune", "data/benchmark/finetune", "--base", "models/base", "--corpus-emb",
+         "data/corpus_emb", "--out", "data/captions/captions.jsonl"])

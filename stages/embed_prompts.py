@@ -2,14 +2,5 @@
 from pipeline.cli import run
 
 if __name__ == "__main__":
-    run([
-        "embed-prompts",
-        "--classes",
-        "data/benchmark/classes.json",
-        "--base",
-        "models/base",
-        "--out",
-        "data/prompts/seen.npz",
-        "--split",
-        "seen",
-    ])
+    run(["embed-prompts", "--classes", "data/benchmark/classes.json", "--base", "models/base", "--out",
+         "data/prompts/seen.npz", "--split", "seen"])

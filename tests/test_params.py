@@ -1,0 +1,54 @@
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+
+from pipeline.params import ParamsError, load_params_file, load_stage_params
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def write_params(tmp_path, mutate) -> Path:
+    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    mutate(raw)
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+def test_repo_params_file_is_valid():
+    sections = load_params_file(REPO / "params.yaml")
+    assert {"data", "align", "caption", "retrieve", "pack", "train", "methods"} <= set(sections)
+    assert sections["methods"].arf.lambda_ita >= 0
+
+
+@pytest.mark.parametrize("mutate, key", [
+    (lambda r: r["train"].update(stepz=3), "train.stepz: unknown key"),
+    (lambda r: r["train"].update(steps="many"), "train.steps: expected int"),
+    (lambda r: r["methods"]["arf"].update(lambda_ita=-0.5), "methods.arf.lambda_ita: must be >= 0"),
+    (lambda r: r["retrieve"].update(k_per_class=0), "retrieve.k_per_class"),
+    (lambda r: r.update(trian={"steps": 1}), "trian: unknown section"),
+    (lambda r: r["caption"].update(backend="gpt"), "caption.backend: 'gpt' is not one of"),
+    (lambda r: r["caption"].update(backend="blip", model_path=None), "caption.model_path: required"),
+])
+def test_bad_params_fail_with_one_line_naming_the_key(tmp_path, mutate, key):
+    path = write_params(tmp_path, mutate)
+    with pytest.raises(ParamsError) as err:
+        load_stage_params("train", path)
+    message = str(err.value)
+    assert key in message and "\n" not in message and str(path) in message
+
+
+def test_cli_stops_before_writing_anything(tmp_path):
+    from typer.testing import CliRunner
+
+    from pipeline.cli import app
+
+    path = write_params(tmp_path, lambda r: r["methods"]["arf"].update(lambda_tca=-1))
+    out = tmp_path / "models" / "arf"
+    result = CliRunner().invoke(app, ["train", "arf", "--params", str(path), "--out", str(out),
+                                      "--packed", str(tmp_path / "nope"), "--base", str(tmp_path / "nope")])
+    assert result.exit_code == 2
+    assert "methods.arf.lambda_tca: must be >= 0" in result.output
+    assert not (tmp_path / "models").exists()

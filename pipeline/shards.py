@@ -60,7 +60,7 @@ def write_shards(root: str | os.PathLike, samples: Iterable[dict], max_per_shard
     with atomic_dir(root) as tmp:
         sizes: dict[str, int] = {}
         pattern = str(tmp / "%05d.tar")
-        with wds.ShardWriter(pattern, maxcount=max_per_shard, verbose=0) as sink:
+        with wds.ShardWriter(pattern, maxcount=max_per_shard, verbose=0, mtime=0) as sink:  # reproducible tars
             for sample in samples:
                 sink.write(sample)
                 name = os.path.basename(sink.fname)

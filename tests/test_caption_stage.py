@@ -1,0 +1,56 @@
+"""The caption stage on tiny data: BLIP and BLIP-2 (tiny random models from config) and the nn default."""
+import json
+
+import pytest
+
+from fixtures_captioners import build_tiny_blip, build_tiny_blip2
+from helpers import make_corpus_shards, make_tiny_checkpoint
+from pipeline.caption import CaptionParams, caption_finetune_set, read_captions
+
+
+@pytest.fixture(scope="module")
+def finetune(tmp_path_factory):
+    root, samples = make_corpus_shards(tmp_path_factory.mktemp("ft") / "finetune", 6, corrupt=(2,), size=32)
+    return root, samples
+
+
+@pytest.mark.parametrize("backend, build", [("blip", build_tiny_blip), ("blip2", build_tiny_blip2)])
+def test_blip_backends_write_one_record_per_readable_sample(tmp_path, finetune, backend, build):
+    root, samples = finetune
+    folder = build(tmp_path / backend)
+    out = tmp_path / "captions.jsonl"
+    params = CaptionParams(backend=backend, model_path=str(folder), batch_size=4, max_new_tokens=5)
+    report = caption_finetune_set(root, out, params, base_model_spec="", corpus_emb_dir=tmp_path)
+    records = read_captions(out)
+    readable = [s.key for s in samples if not s.corrupt]
+    assert list(records) == readable  # corrupt sample skipped, order kept
+    assert report["skipped"] == 1 and report["captioned"] == len(readable)
+    assert all(isinstance(c, str) and c for caps in records.values() for c in caps)
+
+
+def test_nn_backend_gives_the_caption_of_the_nearest_corpus_image(tmp_path, finetune):
+    from pipeline.retrieve import embed_corpus
+
+    root, samples = finetune
+    name, ckpt = make_tiny_checkpoint(tmp_path)
+    spec = f"{name}:{ckpt}"
+    corpus, corpus_samples = make_corpus_shards(tmp_path / "corpus", 10, size=32, key_prefix="c")
+    embed_corpus(corpus, spec, tmp_path / "emb", batch_size=4)
+    out = tmp_path / "captions.jsonl"
+    caption_finetune_set(root, out, CaptionParams(backend="nn", num_captions=2), spec, tmp_path / "emb")
+    records = read_captions(out)
+    # finetune image i and corpus image i are drawn identically (same generator index): nearest = itself
+    by_key = {s.key: s for s in corpus_samples}
+    for s in samples:
+        if not s.corrupt:
+            assert records[s.key][0] == by_key[f"c{s.key}"].caption
+            assert len(set(records[s.key])) == len(records[s.key]) <= 2
+
+
+def test_missing_local_blip_folder_is_one_line(tmp_path, finetune):
+    root, _ = finetune
+    params = CaptionParams(backend="blip", model_path="Salesforce/blip-image-captioning-base")
+    with pytest.raises(ValueError) as err:
+        caption_finetune_set(root, tmp_path / "c.jsonl", params, "", tmp_path)
+    assert "local folder" in str(err.value) and "\n" not in str(err.value)
+    assert not (tmp_path / "c.jsonl").exists()

@@ -1,0 +1,124 @@
+"""The whole DVC pipeline on tiny data, and the lab workflows around it.
+
+One module-scoped project: a copy of this repository's pipeline files in a fresh git repo, tiny
+fixture images in place of the packaged ones (ARF_ASSETS_DIR), tiny budgets. `dvc repro` runs every
+stage for real (alignment, clip-retrieval inference, autofaiss, packing, training, evaluation).
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from pipeline.datasets.fixtures import make_fake_assets as make_assets
+
+REPO = Path(__file__).resolve().parents[1]
+VENV_BIN = Path(sys.executable).parent
+
+TINY_PARAMS = {
+    "data": dict(image_size=32, min_class_size=3, unseen_fraction=0.4, val_fraction=0.2, test_fraction=0.3,
+                 heldout_pairs=4, max_same_caption=2, workers=1),
+    "align": dict(epochs=2, batch_size=16, feature_batch_size=16),
+    "embed_corpus": dict(batch_size=16),
+    "retrieve": dict(k_per_class=2),
+    "train": dict(steps=2, batch_size=4, anchor_batch_size=4, warmup_steps=1, eval_every=1),
+}
+
+
+def run(cmd: list[str], cwd: Path, env: dict, check: bool = True) -> subprocess.CompletedProcess:
+    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    return proc
+
+
+def stages_run(output: str) -> set[str]:
+    return {line.split("'")[1] for line in output.splitlines() if line.startswith("Running stage")}
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory):
+    root = tmp_path_factory.mktemp("project")
+    tracked = subprocess.run(["git", "ls-files"], cwd=REPO, capture_output=True, text=True, check=True).stdout.split()
+    for rel in tracked:
+        if rel.startswith(("pipeline/", "stages/", ".dvc/")) or rel in ("dvc.yaml", ".dvcignore"):
+            (root / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(REPO / rel, root / rel)
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    for section, values in TINY_PARAMS.items():
+        params[section].update(values)
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    assets = tmp_path_factory.mktemp("assets")
+    make_assets(assets)
+    env = dict(os.environ, ARF_ASSETS_DIR=str(assets), PATH=f"{VENV_BIN}{os.pathsep}{os.environ['PATH']}",
+               DVC_NO_ANALYTICS="1", GIT_AUTHOR_NAME="t", GIT_AUTHOR_EMAIL="t@t", GIT_COMMITTER_NAME="t",
+               GIT_COMMITTER_EMAIL="t@t")
+    env.pop("PYTHONPATH", None)
+    run(["git", "init", "-q"], root, env)
+    run(["git", "add", "-A"], root, env)
+    run(["git", "commit", "-qm", "init"], root, env)
+    first = run(["dvc", "repro"], root, env)
+    run(["git", "add", "-A"], root, env)
+    run(["git", "commit", "-qm", "repro"], root, env)
+    return root, env, first
+
+
+def test_repro_runs_every_stage_and_writes_the_results(project):
+    root, _, first = project
+    ran = stages_run(first.stdout)
+    assert {"build_data", "align", "embed_corpus", "caption", "embed_prompts", "retrieve", "pack",
+            "train@flyp", "train@arf", "evaluate"} <= ran
+    summary = json.loads((root / "results/summary.json").read_text())
+    assert set(summary["methods"]) == {"zeroshot", "flyp", "arf"}
+    for row in summary["methods"].values():
+        assert 0 <= row["id"]["acc1"] <= 100
+        assert set(row["shift"]) == {"twitter", "openmoji_color", "openmoji_black"}
+        assert set(row["zeroshot"]) == {"google", "twitter", "openmoji_color", "openmoji_black"}
+        assert "shift_avg" in row and "zeroshot_avg" in row
+    assert "| arf |" in (root / "results/summary.md").read_text()
+    anchors = [json.loads(l) for l in (root / "data/anchors/anchors.jsonl").read_text().splitlines()]
+    assert anchors and all({"key", "caption", "class", "score"} <= set(a) for a in anchors)
+    sizes = json.loads((root / "data/packed/anchors/sizes.json").read_text())
+    assert sum(sizes.values()) == len(anchors)
+    metrics = json.loads((root / "results/train/arf/metrics.json").read_text())
+    assert "val" in metrics or "train" in metrics
+
+
+def test_second_repro_does_nothing(project):
+    root, env, _ = project
+    again = run(["dvc", "repro"], root, env)
+    assert stages_run(again.stdout) == set()
+
+
+def test_changing_a_method_param_reruns_only_its_training_and_evaluation(project, tmp_path):
+    root, env, _ = project
+    work = tmp_path / "work"
+    shutil.copytree(root, work, symlinks=True)
+    params = yaml.safe_load((work / "params.yaml").read_text())
+    params["methods"]["arf"]["lambda_ita"] = 0.5
+    (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    out = run(["dvc", "repro"], work, env)
+    assert stages_run(out.stdout) == {"train@arf", "evaluate"}
+
+
+def test_remote_push_then_pull_in_a_fresh_clone_restores_anchor_shards(project, tmp_path):
+    root, env, _ = project
+    remote = tmp_path / "remote"
+    run(["dvc", "remote", "add", "-d", "lab", str(remote)], root, env)
+    run(["dvc", "push"], root, env)
+    run(["git", "commit", "-qam", "remote"], root, env)
+    clone = tmp_path / "clone"
+    run(["git", "clone", "-q", str(root), str(clone)], tmp_path, env)
+    assert not (clone / "data/packed").exists()
+    run(["dvc", "pull"], clone, env)
+    assert (clone / "data/packed/anchors/sizes.json").read_bytes() == (root / "data/packed/anchors/sizes.json").read_bytes()
+    status = run(["dvc", "status"], clone, env).stdout
+    for stage in ("caption", "retrieve", "pack"):
+        assert stage not in status, status
+    assert stages_run(run(["dvc", "repro"], clone, env).stdout) == set()

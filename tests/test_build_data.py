@@ -188,8 +188,27 @@ def test_corrupt_image_skipped_and_counted(built, assets):
     corpus = {**read_folder(root / "corpus"), **read_folder(root / "corpus_heldout")}
     oca = {k for k, s in corpus.items() if json.loads(s["json"])["source"] == "openclipart"}
     assert len(oca) == 4  # 6 files - 1 corrupt - 1 duplicate caption
-    tux = [s["txt"].decode() for s in corpus.values() if json.loads(s["json"])["source"] == "tuxpaint"]
-    assert sorted(tux) == ["animals: a happy lion!", "vehicles: a red car"]  # no mirrored copy
+    assert not [k for k, s in corpus.items() if json.loads(s["json"])["source"] == "tuxpaint"]
+
+
+def test_tuxpaint_stamps_form_their_own_zero_shot_set(built):
+    root, counts = built
+    tux = root / "benchmark/eval/zeroshot_tuxpaint"
+    assert (tux / "classnames.txt").read_text().splitlines() == ["animal", "vehicle"]
+    samples = read_folder(tux / "test")
+    labels = sorted(int(s["cls"]) for s in samples.values())
+    assert labels == [0, 0, 0, 0, 1, 1, 1, 1]  # lion + 3 animals (no mirrored copy), car + 3 trucks
+    assert counts["benchmark"]["zeroshot_tuxpaint"] == 8
+
+
+def test_tuxpaint_can_stay_in_the_corpus(assets, tmp_path):
+    counts = build_default_data(tmp_path, DataParams(**PARAMS, tuxpaint_zeroshot=False), assets)
+    corpus = {**read_folder(tmp_path / "corpus"), **read_folder(tmp_path / "corpus_heldout")}
+    tux = sorted(s["txt"].decode() for s in corpus.values() if json.loads(s["json"])["source"] == "tuxpaint")
+    assert "animals: a happy lion!" in tux and "vehicles: a red car" in tux
+    # no mirrored copy; 3 identical "animals: animal" (and trucks) captions capped at max_same_caption = 2
+    assert len(tux) == 6 and not (tmp_path / "benchmark/eval/zeroshot_tuxpaint").exists()
+    assert "zeroshot_tuxpaint" not in counts["benchmark"]
 
 
 def test_corpus_samples_and_shared_emoji_captions(built):

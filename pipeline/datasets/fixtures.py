@@ -101,4 +101,7 @@ def make_fake_assets(root: str | os.PathLike) -> AssetPaths:
     _png(tux / "animals/lion_mirror.png", (80, 60), (200, 150, 50))
     _svg(tux / "vehicles/car.svg", "#ff0000")
     (tux / "vehicles/car.txt").write_text("A red car.\n")
+    for i in range(3):  # enough stamps per folder for the Tux Paint zero-shot set (min_class_size 3)
+        _png(tux / f"animals/animal_{i}.png", (40, 50), (100 + 40 * i, 80, 30))
+        _png(tux / f"vehicles/truck_{i}.png", (60, 40), (30, 80, 100 + 40 * i))
     return paths

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -121,8 +122,8 @@ def train(method_name: str, packed_dir: Path, base_spec: str, out_dir: Path, par
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=params.lr,
                             weight_decay=params.weight_decay)
     warmup = max(1, params.warmup_steps)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (
-        1 + torch.cos(torch.tensor(torch.pi * min(1.0, s / params.steps))).item()))
+    sched = torch.optim.lr_scheduler.LambdaLR(  # linear warm-up, then cosine decay to zero
+        opt, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / params.steps))))
 
     live = _make_live(live_dir)
     history = []

@@ -49,7 +49,7 @@ fi
 need_npm=0
 for spec in "${NPM_PACKAGES[@]}"; do
   name=${spec%@*}; ver=${spec##*@}
-  have=$(sed -n 's/.*"version": *"\([^"]*\)".*/\1/p' ".assets/node_modules/$name/package.json" 2>/dev/null | head -1)
+  have=$(sed -n 's/.*"version": *"\([^"]*\)".*/\1/p' ".assets/node_modules/$name/package.json" 2>/dev/null | head -1 || true)
   [ "$have" = "$ver" ] || need_npm=1
 done
 if [ $need_npm = 1 ]; then

@@ -102,6 +102,7 @@ def train_projections(model, img_feats, txt_feats, captions, params: AlignParams
 
 
 def align_base(corpus_dir: Path, out_dir: Path, params: AlignParams) -> dict:
+    torch.manual_seed(params.seed)  # the fresh projections are initialised when the model is built
     lm = create_model(params.model)
     model = lm.model.eval()
     img, txt, captions, skips = corpus_features(model, lm.preprocess, lm.tokenizer, corpus_dir, params.feature_batch_size)

@@ -81,15 +81,29 @@ def classification_metrics(logits: torch.Tensor, labels: torch.Tensor) -> dict:
 
 
 @torch.inference_mode()
-def evaluate_model(model, tokenizer, eval_sets: list[EvalSet], batch_size: int = 256) -> dict[str, dict]:
+def zeroshot_logits(model, tokenizer, es: EvalSet, batch_size: int = 256) -> torch.Tensor:
+    """N x C cosine logits of a set's images against the model's own zero-shot head."""
     model.eval()
-    out = {}
-    for es in eval_sets:
-        head = zeroshot_head(model, tokenizer, es.classnames, es.templates)
-        feats = torch.cat([F.normalize(model.encode_image(es.images[i:i + batch_size]), dim=-1)
-                           for i in range(0, len(es.images), batch_size)])
-        out[es.name] = classification_metrics(feats @ head.t(), es.labels)
-    return out
+    head = zeroshot_head(model, tokenizer, es.classnames, es.templates)
+    feats = torch.cat([F.normalize(model.encode_image(es.images[i:i + batch_size]), dim=-1)
+                       for i in range(0, len(es.images), batch_size)])
+    return feats @ head.t()
+
+
+def evaluate_model(model, tokenizer, eval_sets: list[EvalSet], batch_size: int = 256) -> dict[str, dict]:
+    return {es.name: classification_metrics(zeroshot_logits(model, tokenizer, es, batch_size), es.labels)
+            for es in eval_sets}
+
+
+def mcnemar_p(a_correct: torch.Tensor, b_correct: torch.Tensor) -> dict:
+    """Exact two-sided McNemar test of two models scored on the same images (paired)."""
+    from math import comb
+
+    a_only = int((a_correct & ~b_correct).sum())
+    b_only = int((b_correct & ~a_correct).sum())
+    n, k = a_only + b_only, min(a_only, b_only)
+    p = min(1.0, 2 * sum(comb(n, i) for i in range(k + 1)) / 2 ** n) if n else 1.0
+    return {"a_only": a_only, "b_only": b_only, "p": p}
 
 
 def pooled(sets: dict[str, dict]) -> dict:

@@ -59,3 +59,14 @@ def test_classification_metrics_by_hand():
     assert m["se"] == pytest.approx(25.0)  # 100 * sqrt(0.5 * 0.5 / 4)
     p = pooled({"a": {"acc1": 40.0, "se": 3.0}, "b": {"acc1": 60.0, "se": 4.0}})
     assert p == {"acc1": 50.0, "se": pytest.approx(2.5)}
+
+
+def test_mcnemar_exact_p_by_hand():
+    from pipeline.evaluate import mcnemar_p
+
+    a = torch.tensor([True] * 6 + [False] * 4)
+    b = torch.tensor([True] * 2 + [False] * 4 + [True] * 1 + [False] * 3)
+    t = mcnemar_p(a, b)  # discordant: a only 4, b only 1 -> p = 2 * P(X <= 1), X ~ Bin(5, 0.5) = 12/32
+    assert (t["a_only"], t["b_only"]) == (4, 1)
+    assert t["p"] == pytest.approx(0.375)
+    assert mcnemar_p(a, a)["p"] == 1.0

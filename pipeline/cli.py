@@ -28,6 +28,17 @@ def _params(path: Path, section: str):
         raise typer.Exit(2)
 
 
+def _check_all(path: Path) -> None:
+    """For commands without a section of their own: still refuse a bad params file."""
+    from .params import ParamsError, load_params_file
+
+    try:
+        load_params_file(path)
+    except ParamsError as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(2)
+
+
 def _report(name: str, started: float, report: dict) -> None:
     report = {k: v for k, v in report.items() if k != "history"}
     typer.echo(f"[{name}] {time.time() - started:.1f}s {json.dumps(report, default=str)}")
@@ -41,14 +52,10 @@ def main(verbose: bool = typer.Option(False, "--verbose", "-v")) -> None:
 @app.command("check-params")
 def check_params(params: Path = PARAMS) -> None:
     """Check every section of a params file; print the sections."""
-    from .params import ParamsError, load_params_file
+    from .params import list_param_sections
 
-    try:
-        sections = load_params_file(params)
-    except ParamsError as e:
-        typer.echo(f"error: {e}", err=True)
-        raise typer.Exit(2)
-    typer.echo(f"{params}: ok ({', '.join(sections)})")
+    _check_all(params)
+    typer.echo(f"{params}: ok ({', '.join(list_param_sections())})")
 
 
 @app.command("build-data")
@@ -134,7 +141,7 @@ def embed_prompts(classes: Path = typer.Option(Path("data/benchmark/classes.json
     from .embed import load_classes, save_class_embeddings, zeroshot_head
     from .models import create_model, model_dir_spec
 
-    _params(params, "data")
+    _check_all(params)
     t = time.time()
     cls = load_classes(classes)
     lm = create_model(model_dir_spec(base))
@@ -189,7 +196,7 @@ def evaluate(models: list[str] = typer.Argument(..., help="NAME=MODEL_DIR pairs,
     from .evaluate import evaluate_models
     from .models import model_dir_spec
 
-    _params(params, "data")
+    _check_all(params)
     t = time.time()
     specs = {}
     for item in models:

@@ -222,6 +222,17 @@ def write_model_dir(model: torch.nn.Module, name: str, out_dir: Path, **meta) ->
         (tmp / "model.json").write_text(json.dumps({"name": name, "checkpoint": "checkpoint.pt", **meta}, indent=2) + "\n")
 
 
+def portable_spec(spec: str | ModelSpec) -> str:
+    """A spec for provenance records: a checkpoint below the working folder is named relative to it,
+    so that the same run in another clone writes byte-identical metadata (DVC hashes outputs)."""
+    spec = ModelSpec.parse(spec) if isinstance(spec, str) else spec
+    if spec.is_local_checkpoint:
+        rel = os.path.relpath(spec.pretrained)
+        if not rel.startswith(".."):
+            return f"{spec.name}:{rel}"
+    return str(spec)
+
+
 def model_dir_spec(model_dir: str | os.PathLike) -> str:
     """The spec string of a model folder written by `write_model_dir`."""
     model_dir = Path(model_dir)

@@ -293,7 +293,7 @@ def embed_corpus(
     # (`import clip_retrieval.clip_inference.main as m` fails: the package rebinds `main` to the function)
     from clip_retrieval.clip_inference.main import main as clip_inference
 
-    from .models import ModelSpec, register_model_configs
+    from .models import ModelSpec, portable_spec, register_model_configs
 
     register_model_configs()
     spec = ModelSpec.parse(model_spec)
@@ -339,9 +339,13 @@ def embed_corpus(
         skipped_keys = set(members) - done
         reasons = _why_skipped(urls, skipped_keys, members, "png") if skipped_keys else {}
         n_skipped = n_expected - len(meta)
+        steady = _steady_rate(tmp / "stats")
+        # clip-retrieval's stats/ holds timings: a property of the run, not of the data. Kept in the
+        # output, every rerun would change its DVC hash and rerun everything downstream.
+        shutil.rmtree(tmp / "stats", ignore_errors=True)
         report = {
             "corpus": str(corpus_dir),
-            "model": str(spec),
+            "model": portable_spec(spec),
             "samples_expected": n_expected,
             "samples_embedded": int(len(meta)),
             "skipped": int(n_skipped),
@@ -351,12 +355,14 @@ def embed_corpus(
             "dim": int(img.shape[1]) if len(img) else None,
             "partitions": n_parts,
             "batch_size": batch_size,
+        }
+        write_json(tmp / EMBED_REPORT, report)  # timings stay out of the output (see above)
+        report |= {
             "seconds": round(seconds, 2),
             "samples_per_s": round(len(meta) / seconds, 2) if seconds > 0 else None,
-            # read + inference only (clip-retrieval's stats/): without model loading, warm-up, start-up
-            "steady_samples_per_s": _steady_rate(tmp / "stats"),
+            # read + inference only (clip-retrieval's stats): without model loading, warm-up, start-up
+            "steady_samples_per_s": steady,
         }
-        write_json(tmp / EMBED_REPORT, report)
     if n_skipped:
         log.warning("embed_corpus: skipped %d bad sample(s): %s", n_skipped,
                     ", ".join(f"{s['key']} ({s['reason']})" for s in report["skipped_samples"][:5]))

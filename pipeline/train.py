@@ -21,7 +21,7 @@ from tqdm import tqdm
 
 from .embed import batched, zeroshot_head
 from .methods import ArfParams, FlypParams, Step, get_method
-from .models import create_model, freeze_batchnorm, write_model_dir
+from .models import create_model, freeze_batchnorm, portable_spec, write_model_dir
 from .params import register_params
 from .shards import SkipCounter, decode_image, read_shard_info, sample_image_bytes
 
@@ -159,7 +159,7 @@ def train(method_name: str, packed_dir: Path, base_spec: str, out_dir: Path, par
         history.append({"step": step_i, **record})
         _log(live, step_i, record)
     model.eval()
-    write_model_dir(model, lm.spec.name, out_dir, method=method_name, base=str(base_spec), steps=params.steps,
+    write_model_dir(model, lm.spec.name, out_dir, method=method_name, base=portable_spec(base_spec), steps=params.steps,
                     final_val_acc1=history[-1].get("val_acc1"))
     if live is not None:
         live.end()

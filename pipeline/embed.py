@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from .shards import SkipCounter, decode_image, iter_samples, read_shard_info, sample_image_bytes
+from .shards import SkipCounter, decode_image, iter_samples, sample_image_bytes
 
 
 def batched(iterable: Iterable, n: int) -> Iterator[list]:
@@ -84,7 +84,3 @@ def save_class_embeddings(path: Path, embeddings: torch.Tensor, classnames: list
 def load_classes(path: Path) -> dict:
     """classes.json of the benchmark: seen/unseen class names and prompt templates."""
     return json.loads(Path(path).read_text())
-
-
-def shard_count(root) -> int:
-    return read_shard_info(root).num_samples

@@ -87,15 +87,6 @@ def register_model_configs(folder: Path = CONFIG_DIR) -> None:
         _REGISTERED = True
 
 
-def export_model_config(name: str, out_dir: Path) -> Path:
-    """Write the resolved config of `name` where another tool (CLIP_benchmark) can add it."""
-    register_model_configs()
-    out_dir.mkdir(parents=True, exist_ok=True)
-    out = out_dir / f"{name}.json"
-    out.write_text(json.dumps(open_clip.get_model_config(name), indent=2))
-    return out
-
-
 @dataclass(frozen=True)
 class ModelSpec:
     name: str

@@ -16,6 +16,7 @@ from pathlib import Path
 from .atomic import atomic_dir
 from .caption import read_captions
 from .params import register_params
+from .retrieve import read_anchors
 from .shards import SkipCounter, iter_samples, sample_image_bytes, write_shards
 
 log = logging.getLogger(__name__)
@@ -25,18 +26,6 @@ log = logging.getLogger(__name__)
 @dataclass
 class PackParams:
     max_per_shard: int = field(default=1000, metadata={"gt": 0})
-
-
-def read_anchors(path: Path) -> list[dict]:
-    out = []
-    with open(path) as f:
-        for i, line in enumerate(f, 1):
-            try:
-                r = json.loads(line)
-                out.append({k: r[k] for k in ("key", "caption", "class", "score")} | r)
-            except (json.JSONDecodeError, KeyError) as e:
-                raise ValueError(f"{path}:{i}: bad anchor record ({e})") from None
-    return out
 
 
 def _text(v) -> str:

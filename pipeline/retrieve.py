@@ -565,8 +565,21 @@ def write_anchors(records: Sequence[dict], path: str | os.PathLike) -> None:
 
 
 def read_anchors(path: str | os.PathLike) -> list[dict]:
+    """Anchor records; a malformed line fails with one line naming the file and line number."""
+    out = []
     with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
+        for i, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                r = json.loads(line)
+                missing = [k for k in ("key", "caption", "class", "score") if k not in r]
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{path}:{i}: bad anchor record ({e})") from None
+            if missing:
+                raise ValueError(f"{path}:{i}: bad anchor record (missing {', '.join(missing)})")
+            out.append(r)
+    return out
 
 
 def anchor_stats(records: Sequence[dict], classnames: Sequence[str] | None = None) -> dict[str, dict]:

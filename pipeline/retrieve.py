@@ -33,7 +33,7 @@ import numpy as np
 
 from .atomic import atomic_dir, atomic_file, write_json
 from .params import ParamsError, register_params
-from .shards import decode_image, read_shard_info
+from .shards import decode_image, flatten_on_white, read_shard_info
 
 log = logging.getLogger(__name__)
 
@@ -93,13 +93,7 @@ class _FlattenThenPreprocess:
 
     def __call__(self, img):
         img.load()  # a corrupt image raises here; clip-retrieval's handler then skips the sample
-        if img.mode in ("RGBA", "LA", "P"):
-            from PIL import Image
-
-            img = img.convert("RGBA")
-            bg = Image.new("RGBA", img.size, (255, 255, 255, 255))
-            img = Image.alpha_composite(bg, img)
-        return self.preprocess(img.convert("RGB"))
+        return self.preprocess(flatten_on_white(img))
 
 
 def _load_for_all_clip(spec: str, use_jit: bool, device: str, clip_cache_path: str | None):

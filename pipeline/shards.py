@@ -102,6 +102,11 @@ def decode_image(data: bytes, key: str = "?") -> Image.Image:
         img.load()
     except Exception as e:  # PIL raises many types for a corrupt file
         raise ValueError(f"sample {key}: undecodable image ({e})") from e
+    return flatten_on_white(img)
+
+
+def flatten_on_white(img: Image.Image) -> Image.Image:
+    """RGB with any transparency composited on white (a plain RGB convert keeps hidden colours)."""
     if img.mode in ("RGBA", "LA", "P"):
         img = img.convert("RGBA")
         bg = Image.new("RGBA", img.size, (255, 255, 255, 255))

@@ -30,7 +30,8 @@ log = logging.getLogger(__name__)
 @register_params("caption")
 @dataclass
 class CaptionParams:
-    backend: str = field(default="nn", metadata={"choices": ("nn", "blip", "blip2")})
+    # classname: the class name alone as the caption, the ablation without rich text
+    backend: str = field(default="nn", metadata={"choices": ("nn", "blip", "blip2", "classname")})
     model_path: str | None = None  # local BLIP / BLIP-2 folder (backends blip, blip2)
     num_captions: int = field(default=1, metadata={"gt": 0})
     batch_size: int = field(default=32, metadata={"gt": 0})
@@ -74,21 +75,39 @@ class NearestNeighbourCaptioner:
         return out
 
 
+def class_name_captions(finetune_dir: Path, classes_path: Path, skips: SkipCounter):
+    """{key, captions: [class name]} per sample: the ablation that keeps the anchor loss but not the rich text.
+    It reads labels, which no image captioner sees, so it is not a registered captioner."""
+    classnames = json.loads(Path(classes_path).read_text())["seen"]
+    for key, _, sample in iter_shard_images(finetune_dir, skips):
+        try:
+            cls = sample["cls"]
+            yield {"key": key, "captions": [classnames[int(cls.decode() if isinstance(cls, bytes) else cls)]]}
+        except (KeyError, ValueError, IndexError):
+            skips(ValueError(f"{finetune_dir}: sample {key} has no valid .cls label"))
+
+
 def caption_finetune_set(finetune_dir: Path, out_path: Path, params: CaptionParams, base_model_spec: str,
-                         corpus_emb_dir: Path) -> dict:
+                         corpus_emb_dir: Path, classes_path: Path | None = None) -> dict:
     """Caption every finetune image; write JSONL records {key, captions} atomically."""
-    if params.backend == "nn":
-        captioner = create_captioner("nn", model_spec=base_model_spec, corpus_emb_dir=corpus_emb_dir,
-                                     num_captions=params.num_captions, batch_size=params.batch_size)
-    else:
-        captioner = create_captioner(params.backend, model_path=params.model_path, batch_size=params.batch_size,
-                                     num_captions=params.num_captions, max_new_tokens=params.max_new_tokens,
-                                     prompt=params.prompt)
     skips = SkipCounter()
-    samples = ((key, image) for key, image, _ in iter_shard_images(finetune_dir, skips))
+    if params.backend == "classname":
+        if classes_path is None or not Path(classes_path).is_file():
+            raise FileNotFoundError(f"{classes_path}: the classname backend needs the benchmark's classes.json")
+        records = class_name_captions(finetune_dir, classes_path, skips)
+    else:
+        if params.backend == "nn":
+            captioner = create_captioner("nn", model_spec=base_model_spec, corpus_emb_dir=corpus_emb_dir,
+                                         num_captions=params.num_captions, batch_size=params.batch_size)
+        else:
+            captioner = create_captioner(params.backend, model_path=params.model_path, batch_size=params.batch_size,
+                                         num_captions=params.num_captions, max_new_tokens=params.max_new_tokens,
+                                         prompt=params.prompt)
+        samples = ((key, image) for key, image, _ in iter_shard_images(finetune_dir, skips))
+        records = caption_dataset(captioner, samples, params.batch_size)
     n = 0
     with atomic_file(out_path) as f:
-        for record in caption_dataset(captioner, samples, params.batch_size):
+        for record in records:
             f.write(json.dumps(record) + "\n")
             n += 1
     if skips.skipped:

@@ -121,14 +121,15 @@ def retrieve(emb: Path = typer.Option(Path("data/corpus_emb")), prompts: Path = 
 def caption(finetune: Path = typer.Option(Path("data/benchmark/finetune")),
             base: Path = typer.Option(Path("models/base"), help="base model folder (nn backend)"),
             corpus_emb: Path = typer.Option(Path("data/corpus_emb"), help="clip-retrieval embeddings (nn backend)"),
+            classes: Path = typer.Option(Path("data/benchmark/classes.json"), help="class names (classname backend)"),
             out: Path = typer.Option(Path("data/captions/captions.jsonl")), params: Path = PARAMS) -> None:
-    """Caption the finetune images (backends: nn, blip, blip2)."""
+    """Caption the finetune images (backends: nn, blip, blip2, classname)."""
     from .caption import caption_finetune_set
     from .models import model_dir_spec
 
     p, t = _params(params, "caption"), time.time()
     spec = model_dir_spec(base) if p.backend == "nn" else ""
-    _report("caption", t, caption_finetune_set(finetune, out, p, spec, corpus_emb))
+    _report("caption", t, caption_finetune_set(finetune, out, p, spec, corpus_emb, classes))
 
 
 @app.command("embed-prompts")
@@ -166,10 +167,11 @@ def pack(finetune: Path = typer.Option(Path("data/benchmark/finetune")),
 
 
 @app.command()
-def train(method: str = typer.Argument(..., help="a registered method (arf list-methods)"),
+def train(method: str = typer.Argument(..., help="a registered method (arf list)"),
+          seed: int = typer.Option(0, help="seeds the data order, prompt choice and any random init"),
           packed: Path = typer.Option(Path("data/packed")), base: Path = typer.Option(Path("models/base")),
-          out: Optional[Path] = typer.Option(None, help="default: models/<method>"),
-          live: Optional[Path] = typer.Option(None, help="dvclive folder; default: results/train/<method>"),
+          out: Optional[Path] = typer.Option(None, help="default: models/<method>/seed<seed>"),
+          live: Optional[Path] = typer.Option(None, help="dvclive folder; default: results/train/<method>/seed<seed>"),
           params: Path = PARAMS) -> None:
     """Finetune the base model with one method on the packed shards."""
     from .methods import get_method
@@ -178,36 +180,69 @@ def train(method: str = typer.Argument(..., help="a registered method (arf list-
 
     p, t = _params(params, "train"), time.time()
     try:
-        m = get_method(method)
+        get_method(method)
     except KeyError as e:
         typer.echo(f"error: {e.args[0]}", err=True)
         raise typer.Exit(2)
-    method_params = getattr(_params(params, "methods"), method, None) or m.params()
-    out = out or Path("models") / method
-    _report(f"train {method}", t, run_train(method, packed, model_dir_spec(base), out, p, method_params,
-                                            live or Path("results/train") / method))
+    method_params = getattr(_params(params, "methods"), method)
+    run_dir = Path(method) / f"seed{seed}"
+    _report(f"train {method} seed {seed}", t, run_train(method, packed, model_dir_spec(base), out or Path("models") / run_dir,
+                                                        p, method_params, live or Path("results/train") / run_dir, seed))
 
 
 @app.command()
-def evaluate(models: list[str] = typer.Argument(..., help="NAME=MODEL_DIR pairs, e.g. zeroshot=models/base"),
+def evaluate(model: Path = typer.Argument(..., help="model folder (the base folder itself for zero-shot)"),
+             base: Path = typer.Option(Path("models/base"), help="the base model folder WiSE-FT interpolates towards"),
              eval_root: Path = typer.Option(Path("data/benchmark/eval")),
-             out: Path = typer.Option(Path("results")), params: Path = PARAMS) -> None:
-    """Score models on every eval set; write results/summary.json and summary.md."""
-    from .evaluate import evaluate_models
-    from .models import model_dir_spec
+             packed: Path = typer.Option(Path("data/packed"), help="packed shards: the ID validation split"),
+             heldout: Path = typer.Option(Path("data/corpus_heldout"), help="held-out corpus pairs (retention R@1)"),
+             out: Path = typer.Option(..., help="JSON-lines file, one record per (alpha, dataset)"),
+             alphas: Optional[str] = typer.Option(None, help="comma-separated; default: evaluate.wise_alphas"),
+             tag: list[str] = typer.Option([], help="KEY=VALUE written into every record (e.g. method=arf)"),
+             params: Path = PARAMS) -> None:
+    """Score a model along its WiSE-FT curve on every eval set, ID val and held-out corpus pairs."""
+    from .wise import evaluate_wise
+
+    p, t = _params(params, "evaluate"), time.time()
+    grid = [float(a) for a in alphas.split(",")] if alphas else p.wise_alphas
+    tags = {}
+    for item in tag:
+        k, sep, v = item.partition("=")
+        if not sep:
+            typer.echo(f"error: --tag {item!r}: expected KEY=VALUE", err=True)
+            raise typer.Exit(2)
+        tags[k] = int(v) if v.lstrip("-").isdigit() else v
+    records = evaluate_wise(model, base, eval_root, packed, heldout, grid, out, tags)
+    last = {r["dataset"]: round(r.get("acc1", r.get("i2t_r1", 0)), 1) for r in records if r["alpha"] == grid[-1]}
+    _report("evaluate", t, {"model": str(model), "alphas": grid, f"alpha {grid[-1]}": last})
+
+
+@app.command()
+def report(eval_dir: Path = typer.Option(Path("results/eval")), out: Path = typer.Option(Path("results")),
+           params: Path = PARAMS) -> None:
+    """The results table (mean ± std over seeds), WiSE-FT curves for `dvc plots`, rendered plots."""
+    from .report import write_report
+
+    p, t = _params(params, "sweep"), time.time()
+    write_report(eval_dir, p.methods, p.seeds, out)
+    typer.echo((out / "summary.md").read_text())
+    _report("report", t, {"methods": p.methods, "seeds": p.seeds})
+
+
+@app.command()
+def gallery(anchors: Path = typer.Option(Path("data/anchors/anchors.jsonl")), corpus: Path = typer.Option(Path("data/corpus")),
+            captions: Path = typer.Option(Path("data/captions/captions.jsonl")),
+            finetune: Path = typer.Option(Path("data/benchmark/finetune")),
+            classes: Path = typer.Option(Path("data/benchmark/classes.json")),
+            out: Path = typer.Option(Path("results/gallery.html")),
+            num_classes: int = typer.Option(12, help="classes shown (seeded sample); the count table lists all"),
+            params: Path = PARAMS) -> None:
+    """A static HTML page: retrieved anchors (caption, score, rank) and captioned finetune images per class."""
+    from .gallery import write_gallery
 
     _check_all(params)
     t = time.time()
-    specs = {}
-    for item in models:
-        name, sep, folder = item.partition("=")
-        if not sep:
-            typer.echo(f"error: {item!r}: expected NAME=MODEL_DIR", err=True)
-            raise typer.Exit(2)
-        specs[name] = model_dir_spec(folder)
-    summary = evaluate_models(specs, eval_root, out / "summary.json", out / "summary.md")
-    typer.echo((out / "summary.md").read_text())
-    _report("evaluate", t, {"models": list(specs), "sets": list(summary["chance"])})
+    _report("gallery", t, write_gallery(anchors, corpus, captions, finetune, classes, out, classes_per_page=num_classes))
 
 
 @app.command("list")
@@ -215,10 +250,14 @@ def list_registered() -> None:
     """List registered methods, captioners and params sections."""
     from . import caption  # noqa: F401  (registers the nn captioner)
     from .captioners import list_captioners
-    from .methods import list_methods
+    from .methods import get_method, list_methods
     from .params import list_param_sections
 
-    typer.echo(f"methods: {', '.join(list_methods())}")
+    typer.echo("methods:")
+    for name in list_methods():
+        m = get_method(name)
+        trains = " then ".join("+".join(sorted(p)) for p in m.phases) or "nothing"
+        typer.echo(f"  {name:9s} trains {trains}{' (anchors)' if m.needs_anchors else ''}: {m.doc}")
     typer.echo(f"captioners: {', '.join(list_captioners())}")
     typer.echo(f"params sections: {', '.join(list_param_sections())}")
 

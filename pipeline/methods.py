@@ -1,9 +1,15 @@
-"""Finetuning methods: a registry of loss functions over one training step's batch.
+"""Finetuning methods: a registry of loss functions, each with the parts of the model it trains.
 
 A method sees a `Step` (the finetune batch, and an anchor batch if it asked for one) and returns its
 named loss terms; the trainer sums them. Every method shares the trainer's budget (steps, batch size,
-optimiser, schedule); a method's own knobs (loss weights) are its params dataclass, a section of
-`params.yaml` under `methods.<name>`.
+optimiser, schedule, seed); a method's own knobs (loss weights) are its params dataclass, a section
+of `params.yaml` under `methods.<name>`.
+
+`phases` says what trains, phase after phase, each phase with the full step budget and a fresh
+optimiser and schedule. The parts are "image" (the image tower), "text" (the text tower and the
+temperature) and "head" (a linear classifier over the finetune classes, initialised from the
+zero-shot head: the base text tower's class embeddings times the base temperature, so that the
+model before training *is* the zero-shot model and WiSE-FT's alpha = 0 is the base).
 """
 from __future__ import annotations
 
@@ -16,21 +22,35 @@ import torch.nn.functional as F
 
 from .losses import contrastive_loss, group_ids
 
+IMAGE, TEXT, HEAD = "image", "text", "head"
+
 
 @dataclass
 class Method:
     name: str
-    loss: Callable[["Step", object], dict[str, torch.Tensor]]
+    loss: Callable[["Step", object], dict[str, torch.Tensor]] | None  # None: no training
     params: type
+    phases: tuple[frozenset[str], ...]
     needs_anchors: bool = False
+    doc: str = ""
+
+    @property
+    def uses_head(self) -> bool:
+        return any(HEAD in p for p in self.phases)
+
+    @property
+    def trains(self) -> bool:
+        return bool(self.phases)
 
 
 _METHODS: dict[str, Method] = {}
 
 
-def register_method(name: str, params: type, needs_anchors: bool = False):
+def register_method(name: str, params: type, phases: tuple[tuple[str, ...], ...], needs_anchors: bool = False):
     def deco(fn):
-        _METHODS[name] = Method(name, fn, params, needs_anchors)
+        doc = (fn.__doc__ or "").strip().splitlines()
+        _METHODS[name] = Method(name, fn, params, tuple(frozenset(p) for p in phases), needs_anchors,
+                                doc[0] if doc else "")
         return fn
     return deco
 
@@ -58,6 +78,8 @@ class Step:
     prompt_labels: torch.Tensor
     anchor_images: torch.Tensor | None = None
     anchor_captions: list[str] | None = None
+    head: torch.Tensor | None = None  # C x D classifier weights (methods with a head)
+    train_image: bool = True  # False: the image tower is frozen this phase, so no graph is built for it
 
     @property
     def logit_scale(self) -> torch.Tensor:
@@ -66,21 +88,36 @@ class Step:
     def encode_text(self, texts: list[str]) -> torch.Tensor:
         return F.normalize(self.model.encode_text(self.tokenizer(texts)), dim=-1)
 
+    def encode_image(self, images: torch.Tensor) -> torch.Tensor:
+        with torch.set_grad_enabled(self.train_image and torch.is_grad_enabled()):
+            return F.normalize(self.model.encode_image(images), dim=-1)
+
     @cached_property
     def image_emb(self) -> torch.Tensor:
-        return F.normalize(self.model.encode_image(self.images), dim=-1)
+        return self.encode_image(self.images)
 
 
 @dataclass
-class FlypParams:
-    pass  # FLYP has no knobs of its own: the shared budget is all
+class NoParams:
+    pass  # the shared budget is all
 
 
 @dataclass
 class ArfParams:
     # Weights of the two anchor losses relative to the FLYP loss. The paper does not state them; 1.0
-    # gives each anchor set the same pull as the finetune objective (choose on ID validation).
+    # gives each anchor set the same pull as the finetune objective (an ablation sweeps them, read on
+    # ID validation only).
     lambda_tca: float = field(default=1.0, metadata={"min": 0})
+    lambda_ita: float = field(default=1.0, metadata={"min": 0})
+
+
+@dataclass
+class ArfTcaParams:
+    lambda_tca: float = field(default=1.0, metadata={"min": 0})
+
+
+@dataclass
+class ArfItaParams:
     lambda_ita: float = field(default=1.0, metadata={"min": 0})
 
 
@@ -99,17 +136,61 @@ def caption_loss(image_emb: torch.Tensor, captions: list[str], step: Step) -> to
     return contrastive_loss(image_emb, step.encode_text(captions), step.logit_scale, groups, groups)
 
 
-@register_method("flyp", FlypParams)
-def flyp(step: Step, p: FlypParams) -> dict[str, torch.Tensor]:
+def head_ce_loss(step: Step) -> torch.Tensor:
+    """Cross-entropy of the linear head on normalised image features (the head carries the scale)."""
+    return F.cross_entropy(step.image_emb @ step.head.t(), step.labels)
+
+
+def anchor_terms(step: Step, lambda_tca: float, lambda_ita: float) -> dict[str, torch.Tensor]:
+    terms = {}
+    if lambda_tca > 0:  # text-compensated anchors: the finetune images with their rich captions
+        terms["tca"] = lambda_tca * caption_loss(step.image_emb, step.captions, step)
+    if lambda_ita > 0:  # image-text-pair anchors retrieved from the corpus
+        terms["ita"] = lambda_ita * caption_loss(step.encode_image(step.anchor_images), step.anchor_captions, step)
+    return terms
+
+
+# The base model as it is: no training, its model folder is the base's.
+_METHODS["zeroshot"] = Method("zeroshot", None, NoParams, phases=(), doc="the base model, no training")
+
+
+@register_method("lp", NoParams, phases=((HEAD,),))
+def lp(step: Step, p: NoParams) -> dict[str, torch.Tensor]:
+    """Linear probe: the head alone, on frozen image features."""
+    return {"ce": head_ce_loss(step)}
+
+
+@register_method("ft", NoParams, phases=((IMAGE, HEAD),))
+def ft(step: Step, p: NoParams) -> dict[str, torch.Tensor]:
+    """End-to-end finetuning with cross-entropy: image tower and head (text tower frozen)."""
+    return {"ce": head_ce_loss(step)}
+
+
+@register_method("lpft", NoParams, phases=((HEAD,), (IMAGE, HEAD)))
+def lpft(step: Step, p: NoParams) -> dict[str, torch.Tensor]:
+    """LP-FT: a linear probe with the full budget, then FT from its head with the full budget."""
+    return {"ce": head_ce_loss(step)}
+
+
+@register_method("flyp", NoParams, phases=((IMAGE, TEXT),))
+def flyp(step: Step, p: NoParams) -> dict[str, torch.Tensor]:
+    """FLYP: contrastive finetuning against class prompts, both towers trained."""
     return {"flyp": flyp_loss(step)}
 
 
-@register_method("arf", ArfParams, needs_anchors=True)
+@register_method("arf", ArfParams, phases=((IMAGE, TEXT),), needs_anchors=True)
 def arf(step: Step, p: ArfParams) -> dict[str, torch.Tensor]:
-    terms = {"flyp": flyp_loss(step)}
-    if p.lambda_tca > 0:  # text-compensated anchors: the finetune images with their rich captions
-        terms["tca"] = p.lambda_tca * caption_loss(step.image_emb, step.captions, step)
-    if p.lambda_ita > 0:  # image-text-pair anchors retrieved from the corpus
-        anchor_emb = F.normalize(step.model.encode_image(step.anchor_images), dim=-1)
-        terms["ita"] = p.lambda_ita * caption_loss(anchor_emb, step.anchor_captions, step)
-    return terms
+    """ARF: FLYP + text-compensated anchors (captions) + retrieved image-text anchors."""
+    return {"flyp": flyp_loss(step), **anchor_terms(step, p.lambda_tca, p.lambda_ita)}
+
+
+@register_method("arf_tca", ArfTcaParams, phases=((IMAGE, TEXT),))
+def arf_tca(step: Step, p: ArfTcaParams) -> dict[str, torch.Tensor]:
+    """ARF ablation: FLYP + captioned finetune images only."""
+    return {"flyp": flyp_loss(step), **anchor_terms(step, p.lambda_tca, 0.0)}
+
+
+@register_method("arf_ita", ArfItaParams, phases=((IMAGE, TEXT),), needs_anchors=True)
+def arf_ita(step: Step, p: ArfItaParams) -> dict[str, torch.Tensor]:
+    """ARF ablation: FLYP + retrieved image-text anchors only."""
+    return {"flyp": flyp_loss(step), **anchor_terms(step, 0.0, p.lambda_ita)}

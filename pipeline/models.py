@@ -204,13 +204,36 @@ def freeze_batchnorm(model: torch.nn.Module) -> None:
             m.eval()
 
 
-def write_model_dir(model: torch.nn.Module, name: str, out_dir: Path, **meta) -> None:
-    """A model folder: `checkpoint.pt` (open_clip format) and `model.json` naming its architecture."""
+def write_model_dir(model: torch.nn.Module, name: str, out_dir: Path, head: dict | None = None, **meta) -> None:
+    """A model folder: `checkpoint.pt` (open_clip format), `model.json` naming its architecture, and for
+    methods with a classifier `head.pt` ({weight, init, classnames}: the trained head, the zero-shot head
+    it started from, and the classes its rows score)."""
     from .atomic import atomic_dir
 
     with atomic_dir(out_dir) as tmp:
         save_checkpoint(model, name, tmp / "checkpoint.pt")
+        if head is not None:
+            torch.save(head, tmp / "head.pt")
+            meta["head"] = "head.pt"
         (tmp / "model.json").write_text(json.dumps({"name": name, "checkpoint": "checkpoint.pt", **meta}, indent=2) + "\n")
+
+
+def read_head(model_dir: str | os.PathLike) -> dict | None:
+    """The classifier head of a model folder, or None for a model that classifies with its text tower."""
+    meta = json.loads((Path(model_dir) / "model.json").read_text())
+    if "head" not in meta:
+        return None
+    head = torch.load(Path(model_dir) / meta["head"], map_location="cpu", weights_only=True)
+    if set(head) != {"weight", "init", "classnames"} or head["weight"].shape != head["init"].shape \
+            or head["weight"].shape[0] != len(head["classnames"]):
+        raise ValueError(f"{model_dir}/{meta['head']}: expected weight and init (C x D) and C classnames")
+    return head
+
+
+def read_state_dict(model_dir: str | os.PathLike) -> dict[str, torch.Tensor]:
+    meta = json.loads((Path(model_dir) / "model.json").read_text())
+    ckpt = torch.load(Path(model_dir) / meta["checkpoint"], map_location="cpu", weights_only=True)
+    return ckpt["state_dict"] if "state_dict" in ckpt else ckpt
 
 
 def portable_spec(spec: str | ModelSpec) -> str:

@@ -1,9 +1,14 @@
-"""DVC stage: score the base model and every trained method on all eval sets -> results/."""
+"""DVC stage: score one model along its WiSE-FT curve (`python stages/evaluate.py METHOD SEED`), or the
+base model once (`python stages/evaluate.py zeroshot`) -> results/eval/."""
 import sys
 
 from pipeline.cli import run
 
 if __name__ == "__main__":
-    methods = sys.argv[1:]
-    run(["evaluate", "zeroshot=models/base", *[f"{m}=models/{m}" for m in methods],
-         "--eval-root", "data/benchmark/eval", "--out", "results"])
+    method = sys.argv[1]
+    if method == "zeroshot":
+        run(["evaluate", "models/base", "--alphas", "0", "--tag", "method=zeroshot", "--out", "results/eval/zeroshot.jsonl"])
+    else:
+        seed = sys.argv[2]
+        run(["evaluate", f"models/{method}/seed{seed}", "--tag", f"method={method}", "--tag", f"seed={seed}",
+             "--out", f"results/eval/{method}/seed{seed}.jsonl"])

@@ -54,3 +54,21 @@ def test_missing_local_blip_folder_is_one_line(tmp_path, finetune):
         caption_finetune_set(root, tmp_path / "c.jsonl", params, "", tmp_path)
     assert "local folder" in str(err.value) and "\n" not in str(err.value)
     assert not (tmp_path / "c.jsonl").exists()
+
+
+def test_classname_backend_captions_each_image_with_its_class_name(tmp_path):
+    from pipeline.shards import iter_samples, write_shards
+
+    src, _ = make_corpus_shards(tmp_path / "src", 4, size=32)
+    rows = [{"__key__": s["__key__"], "png": s["png"], "cls": str(i % 2)} for i, s in enumerate(iter_samples(src))]
+    rows[3].pop("cls")  # an unlabelled sample is skipped and counted, not guessed
+    write_shards(tmp_path / "ft", rows)
+    classes = tmp_path / "classes.json"
+    classes.write_text(json.dumps({"seen": ["cat", "dog"], "unseen": [], "templates": ["a {c}."]}))
+    out = tmp_path / "captions.jsonl"
+    report = caption_finetune_set(tmp_path / "ft", out, CaptionParams(backend="classname"), "", tmp_path, classes)
+    assert list(read_captions(out).values()) == [["cat"], ["dog"], ["cat"]]
+    assert report["skipped"] == 1
+    with pytest.raises(FileNotFoundError, match="nope.json"):
+        caption_finetune_set(tmp_path / "ft", tmp_path / "c2.jsonl", CaptionParams(backend="classname"), "", tmp_path,
+                             tmp_path / "nope.json")

@@ -3,7 +3,7 @@ import json
 import pytest
 import torch
 
-from pipeline.evaluate import classification_metrics, pooled
+from pipeline.evaluate import classification_metrics
 from pipeline.models import (DEFAULT_MODEL, ModelNotAvailable, ModelSpec, create_model, model_dir_spec,
                              write_model_dir)
 
@@ -57,8 +57,6 @@ def test_classification_metrics_by_hand():
     # per-class recall: class 0 1/1, class 1 0/1, class 2 1/2
     assert m["mean_per_class_recall"] == pytest.approx(100 * (1 + 0 + 0.5) / 3)
     assert m["se"] == pytest.approx(25.0)  # 100 * sqrt(0.5 * 0.5 / 4)
-    p = pooled({"a": {"acc1": 40.0, "se": 3.0}, "b": {"acc1": 60.0, "se": 4.0}})
-    assert p == {"acc1": 50.0, "se": pytest.approx(2.5)}
 
 
 def test_mcnemar_exact_p_by_hand():

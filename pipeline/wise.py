@@ -1,0 +1,186 @@
+"""WiSE-FT: weight-space ensembles of the base and a finetuned model, scored along alpha.
+
+theta(alpha) = (1 - alpha) * theta_base + alpha * theta_finetuned, for every floating tensor of both
+towers, the temperature and (FT, LP, LP-FT) the classifier head, whose base is the zero-shot head it
+was initialised from. alpha = 0 is the base model exactly and alpha = 1 the finetuned one, so one
+evaluation per alpha gives the curve every method is read along.
+
+Each alpha scores every eval set, the ID validation split (where the reported alpha is chosen) and
+pretraining retention: image-to-text and text-to-image R@1 on held-out corpus pairs. Image features
+and text heads are reused across alphas when that tower is the same in base and finetuned (a linear
+probe changes neither tower, FT not the text tower), which is where most of the time would go.
+"""
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from .atomic import atomic_file
+from .embed import encode_texts, iter_shard_images
+from .evaluate import EvalSet, classification_metrics, image_features, read_eval_sets, read_labelled_shards
+from .losses import group_ids
+from .models import create_model, model_dir_spec, read_head, read_state_dict
+from .params import register_params
+from .shards import SkipCounter
+
+log = logging.getLogger(__name__)
+
+
+@register_params("evaluate")
+@dataclass
+class EvaluateParams:
+    # alpha = 0 is the base model for every method, scored once as `zeroshot`.
+    wise_alphas: list[float] = field(default_factory=lambda: [round(0.1 * i, 1) for i in range(1, 11)])
+
+    def check(self, where: str) -> None:
+        from .params import ParamsError
+
+        if not self.wise_alphas or any(not 0 <= a <= 1 for a in self.wise_alphas) or 1.0 not in self.wise_alphas:
+            raise ParamsError(f"{where}.wise_alphas: alphas in [0, 1] including 1.0 (the finetuned model), got {self.wise_alphas}")
+
+
+def interpolate(base: dict[str, torch.Tensor], finetuned: dict[str, torch.Tensor], alpha: float) -> dict[str, torch.Tensor]:
+    """(1 - alpha) * base + alpha * finetuned, tensor by tensor; exact at alpha 0 and 1.
+
+    Tensors equal in both are passed through untouched (so an unchanged tower stays bit-identical);
+    integer buffers (BatchNorm's counters) come from the finetuned model.
+    """
+    if base.keys() != finetuned.keys():
+        diff = sorted(set(base) ^ set(finetuned))
+        raise ValueError(f"WiSE-FT: the two models have different tensors ({', '.join(diff[:3])} ...)")
+    out = {}
+    for k, b in base.items():
+        f = finetuned[k]
+        if b.shape != f.shape:
+            raise ValueError(f"WiSE-FT: {k} is {tuple(b.shape)} in the base and {tuple(f.shape)} finetuned")
+        if not b.is_floating_point() or alpha == 1 or torch.equal(b, f):
+            out[k] = f
+        elif alpha == 0:
+            out[k] = b
+        else:
+            out[k] = (1 - alpha) * b + alpha * f
+    return out
+
+
+def changed_parts(base: dict[str, torch.Tensor], finetuned: dict[str, torch.Tensor]) -> set[str]:
+    """{"image", "text"}: which towers differ (image = `visual.*`, text = everything else)."""
+    return {("image" if k.startswith("visual.") else "text") for k, b in base.items()
+            if b.is_floating_point() and not torch.equal(b, finetuned[k])}
+
+
+@dataclass
+class HeldoutPairs:
+    images: torch.Tensor
+    captions: list[str]
+
+
+def read_heldout_pairs(root: Path, preprocess) -> HeldoutPairs:
+    skips = SkipCounter()
+    images, captions = [], []
+    for key, image, sample in iter_shard_images(root, skips):
+        txt = sample.get("txt")
+        if not txt:
+            skips(ValueError(f"{root}: sample {key} has no .txt caption"))
+            continue
+        images.append(preprocess(image))
+        captions.append(txt.decode("utf-8") if isinstance(txt, bytes) else txt)
+    if skips.skipped:
+        log.warning(skips.report(str(root)))
+    if not images:
+        raise ValueError(f"{root}: no readable image-caption pairs")
+    return HeldoutPairs(torch.stack(images), captions)
+
+
+def retrieval_r1(image_emb: torch.Tensor, caption_emb: torch.Tensor, captions: list[str]) -> dict:
+    """Image-to-text and text-to-image R@1 over pairs; identical captions count as one text, so an
+    image retrieving any copy of its caption (or a caption retrieving any of its images) is a hit."""
+    groups = group_ids(captions)
+    first = {g: i for i, g in reversed(list(enumerate(groups.tolist())))}
+    unique = torch.tensor([first[g] for g in range(len(first))])
+    sims = image_emb @ caption_emb[unique].t()  # images x distinct captions
+    i2t = (sims.argmax(1) == groups).float().mean().item()
+    t2i = (groups[sims.argmax(0)] == torch.arange(len(unique))).float().mean().item()
+    return {"i2t_r1": 100 * i2t, "t2i_r1": 100 * t2i, "n": len(captions), "distinct_captions": len(unique)}
+
+
+class Scorer:
+    """Scores one model (as its weights change along alpha) with per-tower caches."""
+
+    def __init__(self, model, tokenizer, head: dict | None):
+        self.model, self.tokenizer, self.head = model, tokenizer, head
+        self._images: dict[str, torch.Tensor] = {}
+        self._texts: dict[tuple, torch.Tensor] = {}
+
+    def invalidate(self, parts: set[str]) -> None:
+        if "image" in parts:
+            self._images.clear()
+        if "text" in parts:
+            self._texts.clear()
+
+    def image_features(self, name: str, images: torch.Tensor) -> torch.Tensor:
+        if name not in self._images:
+            self._images[name] = image_features(self.model, images)
+        return self._images[name]
+
+    def text_features(self, texts: tuple[str, ...]) -> torch.Tensor:
+        if texts not in self._texts:
+            self.model.eval()
+            self._texts[texts] = encode_texts(self.model, self.tokenizer, list(texts), desc="texts")
+        return self._texts[texts]
+
+    def classifier(self, es: EvalSet, head_weight: torch.Tensor | None) -> torch.Tensor:
+        if head_weight is not None and list(self.head["classnames"]) == list(es.classnames):
+            return head_weight
+        prompts = tuple(t.replace("{c}", c) for c in es.classnames for t in es.templates)
+        emb = self.text_features(prompts).view(len(es.classnames), len(es.templates), -1).mean(1)
+        return F.normalize(emb, dim=-1)
+
+    def logits(self, es: EvalSet, head_weight: torch.Tensor | None) -> torch.Tensor:
+        return self.image_features(es.name, es.images) @ self.classifier(es, head_weight).t()
+
+    def classify(self, es: EvalSet, head_weight: torch.Tensor | None) -> dict:
+        return classification_metrics(self.logits(es, head_weight), es.labels)
+
+    def retention(self, pairs: HeldoutPairs) -> dict:
+        return retrieval_r1(self.image_features("__heldout__", pairs.images),
+                            self.text_features(tuple(pairs.captions)), pairs.captions)
+
+
+def read_val_set(packed_dir: Path, preprocess) -> EvalSet:
+    """The ID validation split as packed for training, scored with the finetune classes and templates."""
+    classes = json.loads((packed_dir / "classes.json").read_text())
+    return read_labelled_shards(packed_dir / "val", "id_val", classes["classnames"], classes["templates"], preprocess)
+
+
+def evaluate_wise(model_dir: Path, base_dir: Path, eval_root: Path, packed_dir: Path, heldout_dir: Path,
+                  alphas: list[float], out_path: Path, tags: dict) -> list[dict]:
+    """Score theta(alpha) for each alpha; write one JSON line per (alpha, dataset), wise-ft style."""
+    lm = create_model(model_dir_spec(base_dir))
+    base = {k: v.clone() for k, v in lm.model.state_dict().items()}
+    finetuned = read_state_dict(model_dir)
+    head = read_head(model_dir)
+    changed = changed_parts(base, finetuned)
+    sets = read_eval_sets(eval_root, lm.preprocess) + [read_val_set(packed_dir, lm.preprocess)]
+    pairs = read_heldout_pairs(heldout_dir, lm.preprocess)
+    scorer = Scorer(lm.model, lm.tokenizer, head)
+    records = []
+    for alpha in alphas:
+        lm.model.load_state_dict(interpolate(base, finetuned, alpha))
+        scorer.invalidate(changed)
+        head_weight = None if head is None else interpolate({"w": head["init"]}, {"w": head["weight"]}, alpha)["w"]
+        for es in sets:
+            m = scorer.classify(es, head_weight)
+            records.append({**tags, "alpha": alpha, "dataset": es.name,
+                            **{k: m[k] for k in ("acc1", "acc5", "mean_per_class_recall", "n")}})
+        records.append({**tags, "alpha": alpha, "dataset": "corpus_heldout", **scorer.retention(pairs)})
+        log.info("alpha %.2f: %s", alpha, {r["dataset"]: round(r.get("acc1", r.get("i2t_r1")), 1)
+                                            for r in records if r["alpha"] == alpha})
+    with atomic_file(out_path) as f:
+        for r in records:
+            f.write(json.dumps(r) + "\n")
+    return records

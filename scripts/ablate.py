@@ -1,0 +1,123 @@
+"""ARF's ablations as DVC experiments, and the table they make.
+
+    python scripts/ablate.py                  # queue, run, then write results/ablations.md
+    python scripts/ablate.py --table-only     # only (re)write the table from experiments already run
+    dvc exp remove $(dvc exp ls --name-only | grep ^abl-)   # before re-running: names are reused
+
+One experiment per setting: a single knob changed against the committed params.yaml (queued with
+`dvc exp run --queue -S ...`, so settings never stack), with the sweep narrowed to ARF, the seeds given
+by --seeds and the WiSE-FT grid to alpha = 1 (the finetuned model) to keep each run to one training.
+A baseline experiment with the same narrowing gives the reference row. Stages the knob does not reach
+come from DVC's cache: a loss weight retrains only ARF; k re-runs retrieval and packing; the captioner
+re-runs captioning and packing.
+
+The table reports every setting on ID validation (the only number a setting may be chosen by) and on
+the test sets. Knobs whose 0 value is a method of the main table (lambda_tca = 0 is arf_ita,
+lambda_ita = 0 is arf_tca) are not repeated here.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+# setting name -> (params key, values); the committed params.yaml holds each knob's default
+ABLATIONS = {
+    "lambda_tca": ("methods.arf.lambda_tca", [0.5, 2.0]),
+    "lambda_ita": ("methods.arf.lambda_ita", [0.5, 2.0]),
+    "k": ("retrieve.k_per_class", [8, 32]),
+    "captioner": ("caption.backend", ["classname"]),
+}
+PREFIX = "abl"
+COLUMNS = [("id_val", "ID val"), ("id", "ID test"), ("shift_avg", "shift avg"), ("zeroshot_avg", "zs avg"),
+           ("zeroshot_retention", "zs retention %"), ("i2t_r1", "corpus i2t R@1"), ("t2i_r1", "corpus t2i R@1")]
+
+
+def dvc(*args: str) -> str:
+    proc = subprocess.run(["dvc", *args], capture_output=True, text=True)
+    if proc.returncode != 0:
+        sys.exit(f"error: dvc {' '.join(args)} failed ({proc.returncode}): {proc.stderr.strip().splitlines()[-1:]}")
+    return proc.stdout
+
+
+def settings(only: list[str] | None) -> list[tuple[str, list[str]]]:
+    """(experiment name, -S overrides) for the baseline and every setting."""
+    out = [(f"{PREFIX}-default", [])]
+    for name, (key, values) in ABLATIONS.items():
+        if only and name not in only:
+            continue
+        out += [(f"{PREFIX}-{name}-{v}".replace(".", "p"), [f"{key}={v}"]) for v in values]
+    return out
+
+
+def queue_and_run(runs: list[tuple[str, list[str]]], seeds: list[int]) -> None:
+    common = ["sweep.methods=[arf]", f"sweep.seeds=[{','.join(map(str, seeds))}]", "evaluate.wise_alphas=[1.0]"]
+    for name, overrides in runs:
+        args = ["exp", "run", "--queue", "-n", name]
+        for o in common + overrides:
+            args += ["-S", o]
+        dvc(*args)
+        print(f"queued {name}: {' '.join(overrides) or '(defaults)'}")
+    dvc("exp", "run", "--run-all", "--jobs", "1")
+
+
+def experiments() -> dict[str, dict]:
+    """name -> {"params": params.yaml data, "metrics": results/summary.json data} from `dvc exp show`."""
+    found: dict[str, dict] = {}
+
+    def walk(node):
+        if isinstance(node, dict):
+            data = node.get("data")
+            if node.get("name") and isinstance(data, dict) and "metrics" in data:
+                metrics = (data.get("metrics") or {}).get("results/summary.json", {}).get("data")
+                params = (data.get("params") or {}).get("params.yaml", {}).get("data")
+                if metrics:
+                    found[node["name"]] = {"params": params or {}, "metrics": metrics}
+            for v in node.values():
+                walk(v)
+        elif isinstance(node, list):
+            for v in node:
+                walk(v)
+
+    walk(json.loads(dvc("exp", "show", "--json", "--all-commits")))
+    return found
+
+
+def table(runs: list[tuple[str, list[str]]], found: dict[str, dict]) -> str:
+    lines = ["| setting | " + " | ".join(c for _, c in COLUMNS) + " |", "|---|" + "---|" * len(COLUMNS)]
+    missing, seeds = [], None
+    for name, overrides in runs:
+        exp = found.get(name)
+        if exp is None:
+            missing.append(name)
+            continue
+        row = exp["metrics"]["methods"]["arf"]
+        seeds = exp["metrics"].get("seeds", seeds)
+        label = ", ".join(overrides) or "defaults (params.yaml)"
+        lines.append(f"| {label} | " + " | ".join(f"{row[k]:.1f}" if k in row else "–" for k, _ in COLUMNS) + " |")
+    note = (f"\n\nNot run yet: {', '.join(missing)}." if missing else "")
+    return ("ARF ablations: one knob changed per row against params.yaml, ARF only, alpha = 1, mean over seeds "
+            f"{seeds}. Choose a setting by ID val only.\n\n" + "\n".join(lines) + note + "\n")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--seeds", default="0", help="comma-separated seeds per setting")
+    ap.add_argument("--only", nargs="*", choices=sorted(ABLATIONS), help="a subset of the knobs")
+    ap.add_argument("--table-only", action="store_true")
+    ap.add_argument("--out", type=Path, default=Path("results/ablations.md"))
+    args = ap.parse_args()
+    runs = settings(args.only)
+    if not args.table_only:
+        queue_and_run(runs, [int(s) for s in args.seeds.split(",")])
+    text = table(runs, experiments())
+    tmp = args.out.with_suffix(".md.tmp")
+    tmp.write_text(text)
+    tmp.replace(args.out)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()

@@ -8,8 +8,12 @@ of `params.yaml` under `methods.<name>`.
 `phases` says what trains, phase after phase, each phase with the full step budget and a fresh
 optimiser and schedule. The parts are "image" (the image tower), "text" (the text tower and the
 temperature) and "head" (a linear classifier over the finetune classes, initialised from the
-zero-shot head: the base text tower's class embeddings times the base temperature, so that the
-model before training *is* the zero-shot model and WiSE-FT's alpha = 0 is the base).
+zero-shot head, the base text tower's normalised class embeddings, so that the model before training
+*is* the zero-shot model and WiSE-FT's alpha = 0 is the base). Head logits are the base temperature
+times (normalised image feature . head row), exactly as the zero-shot logits: the head's weights live
+on the scale of normalised embeddings, so the shared learning rate moves them as it moves the towers.
+(Folding the temperature into the weights, as some codebases do, shrinks every head update by the
+temperature, 23x here: measured, LP's validation accuracy then did not move in 120 steps.)
 """
 from __future__ import annotations
 
@@ -79,6 +83,7 @@ class Step:
     anchor_images: torch.Tensor | None = None
     anchor_captions: list[str] | None = None
     head: torch.Tensor | None = None  # C x D classifier weights (methods with a head)
+    head_scale: float = 1.0  # the base model's temperature, fixed: head logits are on the zero-shot scale
     train_image: bool = True  # False: the image tower is frozen this phase, so no graph is built for it
 
     @property
@@ -137,8 +142,8 @@ def caption_loss(image_emb: torch.Tensor, captions: list[str], step: Step) -> to
 
 
 def head_ce_loss(step: Step) -> torch.Tensor:
-    """Cross-entropy of the linear head on normalised image features (the head carries the scale)."""
-    return F.cross_entropy(step.image_emb @ step.head.t(), step.labels)
+    """Cross-entropy of the linear head on normalised image features, at the base temperature."""
+    return F.cross_entropy(step.head_scale * step.image_emb @ step.head.t(), step.labels)
 
 
 def anchor_terms(step: Step, lambda_tca: float, lambda_ita: float) -> dict[str, torch.Tensor]:

@@ -121,9 +121,10 @@ def train(method_name: str, packed_dir: Path, base_spec: str, out_dir: Path, par
     lm = create_model(base_spec)
     model, tokenizer = lm.model, lm.tokenizer
     head = head_init = None
+    head_scale = model.logit_scale.exp().item()
     if method.uses_head:
         with torch.inference_mode():
-            head_init = zeroshot_head(model, tokenizer, classnames, templates) * model.logit_scale.exp()
+            head_init = zeroshot_head(model, tokenizer, classnames, templates)
         head = torch.nn.Parameter(head_init.clone())
     skips = SkipCounter()
     ft_stream = batched(sample_stream(packed_dir / "finetune", lm.preprocess, seed, params.shuffle_buffer, skips),
@@ -164,7 +165,8 @@ def train(method_name: str, packed_dir: Path, base_spec: str, out_dir: Path, par
                 images=torch.stack([s["image"] for s in batch]), labels=labels,
                 captions=[s["txt"] for s in batch],
                 prompts=[rng.choice(templates).replace("{c}", classnames[c]) for c in distinct],
-                prompt_labels=torch.tensor(distinct), head=head, train_image=IMAGE in parts,
+                prompt_labels=torch.tensor(distinct), head=head, head_scale=head_scale,
+                train_image=IMAGE in parts,
             )
             if anchor_stream is not None:
                 anchors = next(anchor_stream)

@@ -108,21 +108,34 @@ class NoParams:
 
 
 @dataclass
-class ArfParams:
+class AnchorParams:
+    # Temperature of the anchor terms. null: the model's own trained logit scale, shared with the FLYP
+    # term (the paper gives none; one scale keeps the terms comparable and leaves nothing to tune). A
+    # number fixes the anchor terms' logit scale (1 / temperature) instead, e.g. 100, CLIP's cap.
+    anchor_logit_scale: float | None = field(default=None, metadata={"gt": 0})
+
+
+@dataclass
+class ArfParams(AnchorParams):
     # Weights of the two anchor losses relative to the FLYP loss. The paper does not state them; 1.0
     # gives each anchor set the same pull as the finetune objective (an ablation sweeps them, read on
     # ID validation only).
     lambda_tca: float = field(default=1.0, metadata={"min": 0})
     lambda_ita: float = field(default=1.0, metadata={"min": 0})
+    # How the anchors meet each other in a step. separate: each anchor set is its own contrastive
+    # batch and the weighted terms are summed (the paper lists the losses as separate terms). joint:
+    # the captioned finetune pairs and the retrieved pairs form one contrastive batch, so each is a
+    # negative for the other; the term's weight is the lambdas averaged over the batch's pairs.
+    mixing: str = field(default="separate", metadata={"choices": ("separate", "joint")})
 
 
 @dataclass
-class ArfTcaParams:
+class ArfTcaParams(AnchorParams):
     lambda_tca: float = field(default=1.0, metadata={"min": 0})
 
 
 @dataclass
-class ArfItaParams:
+class ArfItaParams(AnchorParams):
     lambda_ita: float = field(default=1.0, metadata={"min": 0})
 
 
@@ -136,9 +149,10 @@ def flyp_loss(step: Step) -> torch.Tensor:
     return contrastive_loss(step.image_emb, text, step.logit_scale, step.labels, step.prompt_labels)
 
 
-def caption_loss(image_emb: torch.Tensor, captions: list[str], step: Step) -> torch.Tensor:
+def caption_loss(image_emb: torch.Tensor, captions: list[str], step: Step, scale: float | None = None) -> torch.Tensor:
     groups = group_ids(captions)  # identical captions (nearest-neighbour ones can repeat) are positives
-    return contrastive_loss(image_emb, step.encode_text(captions), step.logit_scale, groups, groups)
+    logit_scale = step.logit_scale if scale is None else torch.tensor(scale)
+    return contrastive_loss(image_emb, step.encode_text(captions), logit_scale, groups, groups)
 
 
 def head_ce_loss(step: Step) -> torch.Tensor:
@@ -146,12 +160,18 @@ def head_ce_loss(step: Step) -> torch.Tensor:
     return F.cross_entropy(step.head_scale * step.image_emb @ step.head.t(), step.labels)
 
 
-def anchor_terms(step: Step, lambda_tca: float, lambda_ita: float) -> dict[str, torch.Tensor]:
+def anchor_terms(step: Step, lambda_tca: float, lambda_ita: float, p: AnchorParams) -> dict[str, torch.Tensor]:
+    scale = p.anchor_logit_scale
+    if getattr(p, "mixing", "separate") == "joint" and lambda_tca > 0 and lambda_ita > 0:
+        n_ft, n_anchor = len(step.captions), len(step.anchor_captions)
+        weight = (lambda_tca * n_ft + lambda_ita * n_anchor) / (n_ft + n_anchor)
+        images = torch.cat([step.image_emb, step.encode_image(step.anchor_images)])
+        return {"anchors": weight * caption_loss(images, step.captions + step.anchor_captions, step, scale)}
     terms = {}
     if lambda_tca > 0:  # text-compensated anchors: the finetune images with their rich captions
-        terms["tca"] = lambda_tca * caption_loss(step.image_emb, step.captions, step)
+        terms["tca"] = lambda_tca * caption_loss(step.image_emb, step.captions, step, scale)
     if lambda_ita > 0:  # image-text-pair anchors retrieved from the corpus
-        terms["ita"] = lambda_ita * caption_loss(step.encode_image(step.anchor_images), step.anchor_captions, step)
+        terms["ita"] = lambda_ita * caption_loss(step.encode_image(step.anchor_images), step.anchor_captions, step, scale)
     return terms
 
 
@@ -186,16 +206,16 @@ def flyp(step: Step, p: NoParams) -> dict[str, torch.Tensor]:
 @register_method("arf", ArfParams, phases=((IMAGE, TEXT),), needs_anchors=True)
 def arf(step: Step, p: ArfParams) -> dict[str, torch.Tensor]:
     """ARF: FLYP + text-compensated anchors (captions) + retrieved image-text anchors."""
-    return {"flyp": flyp_loss(step), **anchor_terms(step, p.lambda_tca, p.lambda_ita)}
+    return {"flyp": flyp_loss(step), **anchor_terms(step, p.lambda_tca, p.lambda_ita, p)}
 
 
 @register_method("arf_tca", ArfTcaParams, phases=((IMAGE, TEXT),))
 def arf_tca(step: Step, p: ArfTcaParams) -> dict[str, torch.Tensor]:
     """ARF ablation: FLYP + captioned finetune images only."""
-    return {"flyp": flyp_loss(step), **anchor_terms(step, p.lambda_tca, 0.0)}
+    return {"flyp": flyp_loss(step), **anchor_terms(step, p.lambda_tca, 0.0, p)}
 
 
 @register_method("arf_ita", ArfItaParams, phases=((IMAGE, TEXT),), needs_anchors=True)
 def arf_ita(step: Step, p: ArfItaParams) -> dict[str, torch.Tensor]:
     """ARF ablation: FLYP + retrieved image-text anchors only."""
-    return {"flyp": flyp_loss(step), **anchor_terms(step, 0.0, p.lambda_ita)}
+    return {"flyp": flyp_loss(step), **anchor_terms(step, 0.0, p.lambda_ita, p)}

@@ -52,3 +52,104 @@ def test_method_registry():
     assert get_method("arf").needs_anchors and not get_method("flyp").needs_anchors
     with pytest.raises(KeyError, match="unknown method 'nope'"):
         get_method("nope")
+
+
+class StubModel(torch.nn.Module):
+    """encode_image / encode_text as fixed lookups, so every loss term can be computed by hand."""
+
+    def __init__(self, images: dict, texts: dict, scale: float = 2.0):
+        super().__init__()
+        self.images, self.texts = images, texts
+        self.logit_scale = torch.nn.Parameter(torch.tensor(math.log(scale)))
+
+    def encode_image(self, x):
+        return torch.stack([self.images[int(i)] for i in x[:, 0, 0, 0]])
+
+    def encode_text(self, tokens):
+        return torch.stack([self.texts[t] for t in tokens])
+
+
+def _step(**kw):
+    from pipeline.methods import Step
+
+    images = {0: torch.tensor([1.0, 0.0]), 1: torch.tensor([0.0, 1.0]), 2: torch.tensor([0.6, 0.8])}
+    texts = {"p0": torch.tensor([1.0, 0.0]), "p1": torch.tensor([0.0, 1.0]), "cap a": torch.tensor([0.8, 0.6]),
+             "cap b": torch.tensor([0.0, 1.0]), "anc": torch.tensor([0.6, 0.8])}
+    ids = lambda *i: torch.tensor(i, dtype=torch.float).view(-1, 1, 1, 1).expand(-1, 3, 1, 1)
+    base = dict(model=StubModel(images, texts), tokenizer=lambda t: t, images=ids(0, 1), labels=torch.tensor([0, 1]),
+                captions=["cap a", "cap b"], prompts=["p0", "p1"], prompt_labels=torch.tensor([0, 1]))
+    return Step(**{**base, **kw}), ids
+
+
+def test_head_cross_entropy_by_hand():
+    from pipeline.methods import head_ce_loss
+
+    step, _ = _step(head=torch.tensor([[1.0, 0.0], [0.6, 0.8]]), head_scale=3.0)
+    # logits = 3 * [[1, 0.6], [0, 0.8]]; labels 0, 1
+    row0 = -math.log(math.exp(3) / (math.exp(3) + math.exp(1.8)))
+    row1 = -math.log(math.exp(2.4) / (math.exp(0) + math.exp(2.4)))
+    assert head_ce_loss(step).item() == pytest.approx((row0 + row1) / 2, rel=1e-6)
+
+
+def test_arf_terms_are_flyp_plus_weighted_caption_and_anchor_losses_by_hand():
+    from pipeline.methods import ArfItaParams, ArfParams, ArfTcaParams
+
+    step, ids = _step(anchor_images=None, anchor_captions=["anc"])
+    step.anchor_images = ids(2)
+    arf, arf_tca, arf_ita = (get_method(m).loss for m in ("arf", "arf_tca", "arf_ita"))
+    terms = arf(step, ArfParams(lambda_tca=0.5, lambda_ita=2.0))
+
+    def clip(img, txt):  # symmetric CLIP loss with unique pairs, scale 2, by hand
+        logits = 2 * torch.tensor(img) @ torch.tensor(txt).t()
+        n = logits.shape[0]
+        rows = sum(-math.log(math.exp(logits[i, i]) / sum(math.exp(logits[i, j]) for j in range(n))) for i in range(n)) / n
+        cols = sum(-math.log(math.exp(logits[i, i]) / sum(math.exp(logits[j, i]) for j in range(n))) for i in range(n)) / n
+        return (rows + cols) / 2
+
+    flyp = clip([[1.0, 0.0], [0.0, 1.0]], [[1.0, 0.0], [0.0, 1.0]])
+    tca = clip([[1.0, 0.0], [0.0, 1.0]], [[0.8, 0.6], [0.0, 1.0]])
+    ita = clip([[0.6, 0.8]], [[0.6, 0.8]])  # one anchor pair: its own positive, loss 0
+    assert terms["flyp"].item() == pytest.approx(flyp, rel=1e-5)
+    assert terms["tca"].item() == pytest.approx(0.5 * tca, rel=1e-5)
+    assert terms["ita"].item() == pytest.approx(2.0 * ita, abs=1e-6)
+    assert set(arf_tca(step, ArfTcaParams(1.0))) == {"flyp", "tca"}
+    assert set(arf_ita(step, ArfItaParams(1.0))) == {"flyp", "ita"}
+    assert set(arf(step, ArfParams(lambda_tca=0.0, lambda_ita=1.0))) == {"flyp", "ita"}
+
+
+def test_registry_holds_every_method_with_its_parts():
+    from pipeline.methods import HEAD, IMAGE, TEXT
+    from pipeline.train import MethodsParams
+
+    assert list_methods() == ["arf", "arf_ita", "arf_tca", "flyp", "ft", "lp", "lpft", "zeroshot"]
+    assert get_method("zeroshot").phases == () and not get_method("zeroshot").trains
+    assert get_method("lp").phases == (frozenset({HEAD}),)
+    assert get_method("lpft").phases == (frozenset({HEAD}), frozenset({IMAGE, HEAD}))
+    assert all(get_method(m).phases == (frozenset({IMAGE, TEXT}),) for m in ("flyp", "arf", "arf_tca", "arf_ita"))
+    assert {m for m in list_methods() if get_method(m).needs_anchors} == {"arf", "arf_ita"}
+    assert {m for m in list_methods() if get_method(m).uses_head} == {"lp", "ft", "lpft"}
+    fields = MethodsParams()
+    assert all(isinstance(getattr(fields, m), get_method(m).params) for m in list_methods())
+
+
+def test_anchor_temperature_and_joint_mixing_by_hand():
+    from pipeline.methods import ArfParams
+
+    step, ids = _step(anchor_captions=["anc"])
+    step.anchor_images = ids(2)
+    arf = get_method("arf").loss
+
+    def clip(img, txt, scale):
+        logits = scale * torch.tensor(img) @ torch.tensor(txt).t()
+        n = logits.shape[0]
+        rows = sum(-math.log(math.exp(logits[i, i]) / sum(math.exp(logits[i, j]) for j in range(n))) for i in range(n)) / n
+        cols = sum(-math.log(math.exp(logits[i, i]) / sum(math.exp(logits[j, i]) for j in range(n))) for i in range(n)) / n
+        return (rows + cols) / 2
+
+    fixed = arf(step, ArfParams(anchor_logit_scale=5.0))  # anchor terms at scale 5, FLYP at the model's 2
+    assert fixed["tca"].item() == pytest.approx(clip([[1.0, 0.0], [0.0, 1.0]], [[0.8, 0.6], [0.0, 1.0]], 5.0), rel=1e-5)
+    assert fixed["flyp"].item() == pytest.approx(clip([[1.0, 0.0], [0.0, 1.0]], [[1.0, 0.0], [0.0, 1.0]], 2.0), rel=1e-5)
+    joint = arf(step, ArfParams(lambda_tca=1.0, lambda_ita=4.0, mixing="joint"))
+    assert set(joint) == {"flyp", "anchors"}
+    union = clip([[1.0, 0.0], [0.0, 1.0], [0.6, 0.8]], [[0.8, 0.6], [0.0, 1.0], [0.6, 0.8]], 2.0)
+    assert joint["anchors"].item() == pytest.approx((1.0 * 2 + 4.0 * 1) / 3 * union, rel=1e-5)

@@ -69,8 +69,12 @@ def zeroshot_head(model, tokenizer, classnames: list[str], templates: list[str],
         emb = F.normalize(model.encode_text(tokenizer(texts)), dim=-1)
     else:
         emb = encode_texts(model, tokenizer, texts, desc="class prompts")
-    emb = emb.view(len(classnames), len(templates), -1).mean(1)
-    return F.normalize(emb, dim=-1)
+    return class_means(emb, len(classnames), len(templates))
+
+
+def class_means(prompt_emb: torch.Tensor, n_classes: int, n_templates: int) -> torch.Tensor:
+    """Normalised mean of each class's prompt embeddings (rows in `class_prompts` order)."""
+    return F.normalize(prompt_emb.view(n_classes, n_templates, -1).mean(1), dim=-1)
 
 
 def save_class_embeddings(path: Path, embeddings: torch.Tensor, classnames: list[str], templates: list[str]) -> None:

@@ -20,11 +20,6 @@ from .shards import SkipCounter
 
 log = logging.getLogger(__name__)
 
-# Eval set names say what they measure: `id_*` in-distribution, `shift_<domain>` seen classes in another
-# style, `zeroshot_<domain>` unseen classes.
-AXES = ("id", "shift", "zeroshot")
-
-
 @dataclass
 class EvalSet:
     name: str
@@ -33,14 +28,6 @@ class EvalSet:
     templates: list[str]
     images: torch.Tensor  # preprocessed, N x 3 x H x W
     labels: torch.Tensor
-
-    @property
-    def axis(self) -> str:
-        return self.name.split("_", 1)[0]
-
-    @property
-    def domain(self) -> str:
-        return self.name.split("_", 1)[1] if "_" in self.name else self.name
 
 
 def read_eval_set(root: Path, preprocess) -> EvalSet:

@@ -18,10 +18,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from .atomic import atomic_file
-from .embed import encode_texts, iter_shard_images
+from .embed import class_means, class_prompts, encode_texts, iter_shard_images
 from .evaluate import EvalSet, classification_metrics, image_features, read_eval_sets, read_labelled_shards
 from .losses import group_ids
 from .models import create_model, model_dir_spec, read_head, read_state_dict
@@ -136,9 +135,8 @@ class Scorer:
     def classifier(self, es: EvalSet, head_weight: torch.Tensor | None) -> torch.Tensor:
         if head_weight is not None and list(self.head["classnames"]) == list(es.classnames):
             return head_weight
-        prompts = tuple(t.replace("{c}", c) for c in es.classnames for t in es.templates)
-        emb = self.text_features(prompts).view(len(es.classnames), len(es.templates), -1).mean(1)
-        return F.normalize(emb, dim=-1)
+        prompts = tuple(class_prompts(es.classnames, es.templates))
+        return class_means(self.text_features(prompts), len(es.classnames), len(es.templates))
 
     def logits(self, es: EvalSet, head_weight: torch.Tensor | None) -> torch.Tensor:
         return self.image_features(es.name, es.images) @ self.classifier(es, head_weight).t()

@@ -18,7 +18,7 @@ from tqdm import tqdm
 
 from .embed import encode_images, encode_texts, iter_shard_images
 from .losses import contrastive_loss, group_ids
-from .models import create_model, write_model_dir
+from .models import create_model, portable_spec, write_model_dir
 from .params import register_params
 from .shards import SkipCounter, read_shard_info
 
@@ -28,7 +28,10 @@ log = logging.getLogger(__name__)
 @register_params("align")
 @dataclass
 class AlignParams:
-    model: str = "arf-lite0-minilm"  # architecture whose towers come pretrained from packages
+    # A bare architecture (the default arf-lite0-minilm, towers pretrained from packages) is aligned
+    # here. A pretrained CLIP (NAME:TAG from the local open_clip cache, or NAME:/path/checkpoint.pt)
+    # is aligned already: it becomes the base as it is, and the keys below are not used.
+    model: str = "arf-lite0-minilm"
     epochs: int = field(default=30, metadata={"gt": 0})  # projections converge in ~20 epochs on ~11k pairs
     batch_size: int = field(default=512, metadata={"gt": 1})  # larger batches = harder negatives, still cheap
     lr: float = field(default=2e-3, metadata={"gt": 0})
@@ -104,6 +107,10 @@ def train_projections(model, img_feats, txt_feats, captions, params: AlignParams
 def align_base(corpus_dir: Path, out_dir: Path, params: AlignParams) -> dict:
     torch.manual_seed(params.seed)  # the fresh projections are initialised when the model is built
     lm = create_model(params.model)
+    if lm.spec.pretrained is not None:
+        write_model_dir(lm.model.eval(), lm.spec.name, out_dir, pretrained=portable_spec(lm.spec))
+        return {"pretrained": portable_spec(lm.spec), "aligned": False,
+                "logit_scale": float(lm.model.logit_scale.exp())}
     model = lm.model.eval()
     img, txt, captions, skips = corpus_features(model, lm.preprocess, lm.tokenizer, corpus_dir, params.feature_batch_size)
     losses = train_projections(model, img, txt, captions, params)

@@ -60,11 +60,41 @@ def check_params(params: Path = PARAMS) -> None:
 
 @app.command("build-data")
 def build_data(out: Path = typer.Option(Path("data")), params: Path = PARAMS) -> None:
-    """Build the default benchmark and corpus from the packaged images."""
-    from .datasets.default import build_default_data
+    """Build the benchmark and corpus: the packaged default, or local datasets (data.source: local)."""
+    from .datasets import build_data as build
 
     p, t = _params(params, "data"), time.time()
-    _report("build-data", t, build_default_data(out, p))
+    _report("build-data", t, build(out, p))
+
+
+@app.command()
+def plan(preset: Optional[str] = typer.Option(None, help="a preset name (presets/NAME.yaml)"),
+         params: Path = PARAMS,
+         tflops: float = typer.Option(100.0, help="achieved TFLOP/s of your GPU for ViT forward/backward"),
+         caption_tflops: float = typer.Option(20.0, help="achieved TFLOP/s for autoregressive captioning")) -> None:
+    """Print the stages of a preset, the inputs each expects and where, and estimated GPU hours and disk."""
+    from .params import ParamsError
+    from .plan import PRESET_DIR, format_plan, make_plan
+
+    path = PRESET_DIR / f"{preset}.yaml" if preset else params
+    if preset and not path.is_file():
+        names = ", ".join(sorted(q.stem for q in PRESET_DIR.glob("*.yaml")))
+        typer.echo(f"error: {path}: no such preset (known: {names})", err=True)
+        raise typer.Exit(2)
+    try:
+        typer.echo(format_plan(make_plan(path, preset, tflops=tflops, caption_tflops=caption_tflops), path))
+    except (ParamsError, ValueError) as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(2)
+
+
+@app.command()
+def layouts() -> None:
+    """List the dataset layouts data.local entries can name."""
+    from .datasets.layouts import layout_doc, list_layouts
+
+    for name in list_layouts():
+        typer.echo(f"{name:<20} {layout_doc(name)}")
 
 
 @app.command()

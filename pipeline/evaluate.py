@@ -7,6 +7,7 @@ and its text tower elsewhere (zero-shot sets), as in the robust-finetuning liter
 """
 from __future__ import annotations
 
+import json
 import logging
 import math
 from dataclasses import dataclass
@@ -28,13 +29,37 @@ class EvalSet:
     templates: list[str]
     images: torch.Tensor  # preprocessed, N x 3 x H x W
     labels: torch.Tensor
+    # Sets over a subset or a grouping of another label space (ImageNet-A/R, ObjectNet): the classifier
+    # is built over `projection["classnames"]` and eval class i scores the max of its columns map[i].
+    projection: dict | None = None
+
+    @property
+    def classifier_classnames(self) -> list[str]:
+        return self.projection["classnames"] if self.projection else self.classnames
+
+    def project(self, logits: torch.Tensor) -> torch.Tensor:
+        if self.projection is None:
+            return logits
+        return torch.stack([logits[:, cols].amax(1) for cols in self.projection["map"]], dim=1)
 
 
 def read_eval_set(root: Path, preprocess) -> EvalSet:
     """Load a CLIP_benchmark-style classification set: test shards, classnames.txt, templates."""
     classnames = (root / "classnames.txt").read_text().splitlines()
     templates = [t for t in (root / "zeroshot_classification_templates.txt").read_text().splitlines() if t.strip()]
-    return read_labelled_shards(root / "test", root.name, classnames, templates, preprocess)
+    es = read_labelled_shards(root / "test", root.name, classnames, templates, preprocess)
+    if (root / "projection.json").is_file():
+        es.projection = read_projection(root / "projection.json", len(classnames))
+    return es
+
+
+def read_projection(path: Path, n_classes: int) -> dict:
+    proj = json.loads(path.read_text())
+    n_source = len(proj.get("classnames", []))
+    cols = proj.get("map", [])
+    if len(cols) != n_classes or not all(cols) or any(not 0 <= c < n_source for m in cols for c in m):
+        raise ValueError(f"{path}: expected classnames (C') and map: {n_classes} non-empty lists of indices < C'")
+    return proj
 
 
 def read_labelled_shards(shards: Path, name: str, classnames: list[str], templates: list[str], preprocess) -> EvalSet:

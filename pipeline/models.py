@@ -75,14 +75,22 @@ def _resolve(obj):
 
 
 def register_model_configs(folder: Path = CONFIG_DIR) -> None:
-    """Make our JSON configs known to open_clip in this process (idempotent)."""
+    """Make our JSON configs known to open_clip in this process (idempotent). With the default
+    folder, the folders listed in $ARF_MODEL_CONFIGS (os.pathsep-separated) are registered too: a
+    lab's own architectures, or the tiny ones the tests run the presets with, reach every stage."""
     global _REGISTERED
     if _REGISTERED and folder == CONFIG_DIR:
         return
-    for path in sorted(Path(folder).glob("*.json")):
-        cfg = json.loads(path.read_text())
-        _PREPROCESS[path.stem] = cfg.pop("preprocess_cfg", {})
-        open_clip.factory._MODEL_CONFIGS[path.stem] = _resolve(cfg)
+    folders = [Path(folder)]
+    if folder == CONFIG_DIR:
+        folders += [Path(f) for f in os.environ.get("ARF_MODEL_CONFIGS", "").split(os.pathsep) if f]
+    for f in folders:
+        if not f.is_dir():
+            raise ModelNotAvailable(f"{f}: model config folder not found (from ARF_MODEL_CONFIGS); expected <name>.json files")
+        for path in sorted(f.glob("*.json")):
+            cfg = json.loads(path.read_text())
+            _PREPROCESS[path.stem] = cfg.pop("preprocess_cfg", {})
+            open_clip.factory._MODEL_CONFIGS[path.stem] = _resolve(cfg)
     if folder == CONFIG_DIR:
         _REGISTERED = True
 

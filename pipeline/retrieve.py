@@ -25,6 +25,7 @@ import re
 import shutil
 import tarfile
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Sequence
@@ -33,7 +34,7 @@ import numpy as np
 
 from .atomic import atomic_dir, atomic_file, write_json
 from .params import ParamsError, register_params
-from .shards import decode_image, flatten_on_white, read_shard_info
+from .shards import IMAGE_EXTS, decode_image, flatten_on_white, read_shard_info
 
 log = logging.getLogger(__name__)
 
@@ -205,6 +206,13 @@ def _shard_samples(urls: Sequence[str]) -> tuple[dict[str, set[str]], list[str]]
     return members, broken
 
 
+def _image_key(members: dict[str, set[str]]) -> str:
+    """The image extension most samples carry (png for the default corpus, jpg for img2dataset's):
+    clip-retrieval reads one key, and samples under another are reported as skipped."""
+    counts = Counter(e for exts in members.values() for e in exts if e in IMAGE_EXTS)
+    return counts.most_common(1)[0][0] if counts else "png"
+
+
 def _why_skipped(urls: Sequence[str], keys: set[str], members: dict[str, set[str]], image_key: str) -> dict[str, str]:
     reasons = {}
     for key in sorted(keys):
@@ -276,7 +284,7 @@ def embed_corpus(
     num_workers: int = 0,
     write_batch_size: int = 10**6,
 ) -> dict[str, Any]:
-    """Embed a WebDataset corpus (KEY.png, KEY.txt, KEY.json) with clip-retrieval's inference.
+    """Embed a WebDataset corpus (KEY.png or KEY.jpg, KEY.txt, KEY.json) with clip-retrieval's inference.
 
     `model_spec` is a `pipeline.models` spec (`NAME`, `NAME:TAG`, `NAME:/path/ckpt.pt`); an architecture
     from a custom config folder must already be registered (`register_model_configs(folder)`).
@@ -298,6 +306,7 @@ def embed_corpus(
     if not urls:
         raise ValueError(f"{corpus_dir}: sizes.json lists no shards")
     members, broken = _shard_samples(urls)
+    image_key = _image_key(members)
     n_expected = info.num_samples
     # clip-retrieval splits shards round-robin over output partitions; more partitions than shards
     # would only add empty ones.
@@ -314,7 +323,7 @@ def embed_corpus(
             enable_text=True,
             enable_image=True,
             enable_metadata=True,
-            wds_image_key="png",
+            wds_image_key=image_key,
             wds_caption_key="txt",
             clip_model=ALL_CLIP_PREFIX + str(spec),
             use_jit=False,
@@ -331,7 +340,7 @@ def embed_corpus(
                                f"{len(meta)} metadata rows; expected equal counts")
         done = set(meta["image_path"])
         skipped_keys = set(members) - done
-        reasons = _why_skipped(urls, skipped_keys, members, "png") if skipped_keys else {}
+        reasons = _why_skipped(urls, skipped_keys, members, image_key) if skipped_keys else {}
         n_skipped = n_expected - len(meta)
         steady = _steady_rate(tmp / "stats")
         # clip-retrieval's stats/ holds timings: a property of the run, not of the data. Kept in the
@@ -449,8 +458,8 @@ def load_prompts(prompts_npz: str | os.PathLike) -> tuple[np.ndarray, list[str]]
         names = [str(c) for c in z["classnames"]]
     if emb.ndim != 2 or emb.shape[0] != len(names):
         raise ValueError(f"{prompts_npz}: embeddings {emb.shape} do not match {len(names)} classnames")
-    if len(set(names)) != len(names):
-        raise ValueError(f"{prompts_npz}: duplicate class names")
+    # Names may repeat: CLIP's ImageNet list has 'missile' (657, 744) and 'sunglasses' (836, 837). A
+    # class is its row; anchor records name it, so per-class statistics merge such twins.
     norms = np.linalg.norm(emb, axis=1)
     if not np.allclose(norms, 1.0, atol=1e-3):
         bad = int(np.argmax(np.abs(norms - 1)))

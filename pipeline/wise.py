@@ -133,13 +133,14 @@ class Scorer:
         return self._texts[texts]
 
     def classifier(self, es: EvalSet, head_weight: torch.Tensor | None) -> torch.Tensor:
-        if head_weight is not None and list(self.head["classnames"]) == list(es.classnames):
+        classnames = es.classifier_classnames
+        if head_weight is not None and list(self.head["classnames"]) == list(classnames):
             return head_weight
-        prompts = tuple(class_prompts(es.classnames, es.templates))
-        return class_means(self.text_features(prompts), len(es.classnames), len(es.templates))
+        prompts = tuple(class_prompts(classnames, es.templates))
+        return class_means(self.text_features(prompts), len(classnames), len(es.templates))
 
     def logits(self, es: EvalSet, head_weight: torch.Tensor | None) -> torch.Tensor:
-        return self.image_features(es.name, es.images) @ self.classifier(es, head_weight).t()
+        return es.project(self.image_features(es.name, es.images) @ self.classifier(es, head_weight).t())
 
     def classify(self, es: EvalSet, head_weight: torch.Tensor | None) -> dict:
         return classification_metrics(self.logits(es, head_weight), es.labels)

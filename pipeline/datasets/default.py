@@ -37,6 +37,7 @@ from .assets import AssetPaths
 from .classes import TEMPLATES, class_name
 from .clipart import Item, discover_openclipart, discover_tuxpaint, load_images
 from .emoji import SOURCE, STYLES, Emoji, load_emoji, render_emoji
+from .local import LocalDataParams
 from .writing import write_clip_benchmark_set, write_shards_fixed
 
 SHIFT_STYLES = ("twitter", "openmoji_color", "openmoji_black")
@@ -71,6 +72,10 @@ class DataLeakError(RuntimeError):
 @register_params("data")
 @dataclass
 class DataParams:
+    # default: the embedded emoji benchmark and clip-art corpus (the keys below); local: datasets on
+    # disk in the layouts of `local` (the paper's presets), which ignores the keys below.
+    source: str = field(default="default", metadata={"choices": ("default", "local")})
+    local: LocalDataParams = field(default_factory=LocalDataParams)
     # Fixed seed of every split (halves, seen / unseen, train / val / test, heldout pairs).
     seed: int = 0
     # Stored image side in px. 96 px is what the tower trains at on 2 cores (79 img/s fwd+bwd) and
@@ -112,6 +117,8 @@ class DataParams:
     workers: int = field(default=0, metadata={"min": 0})
 
     def check(self, where: str) -> None:
+        if self.source == "local":
+            return
         if self.val_fraction + self.test_fraction >= 0.9:
             raise ParamsError(f"{where}.test_fraction: val_fraction + test_fraction must be < 0.9")
         if self.min_class_size * (1 - self.val_fraction - self.test_fraction) < 1:
@@ -373,7 +380,7 @@ def _card(counts: dict, split: _Split, params: DataParams, per_class: dict[str, 
         "# Emoji robustness benchmark and clip-art corpus",
         "",
         "Built by `stages/build_data.py` (`pipeline/datasets/default.py`) from offline packages only.",
-        f"Parameters: `{json.dumps({k: v for k, v in asdict(params).items() if k != 'workers'}, sort_keys=True)}`.",
+        f"Parameters: `{json.dumps({k: v for k, v in asdict(params).items() if k not in ('workers', 'source', 'local')}, sort_keys=True)}`.",
         "",
         "## Task",
         "",

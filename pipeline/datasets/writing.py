@@ -46,32 +46,38 @@ def write_shards_fixed(root: Path, samples: Iterable[dict], max_per_shard: int =
 
 def write_clip_benchmark_set(
     set_dir: Path,
-    samples: list[dict],
+    samples: Iterable[dict],
     classnames: list[str],
     templates: list[str],
     max_per_shard: int = 1000,
     split: str = "test",
 ) -> dict[str, int]:
-    """One CLIP_benchmark webdataset classification set.
+    """One CLIP_benchmark webdataset classification set, written as the samples stream by.
 
     Layout: `<set>/<split>/{0..N-1}.tar` (no zero padding), `<split>/nshards.txt`, `classnames.txt`,
     `zeroshot_classification_templates.txt`, `dataset_type.txt` ("classification"), plus
-    `<split>/sizes.json` for `pipeline.shards.read_shard_info`.
+    `<split>/sizes.json` for `pipeline.shards.read_shard_info`. No samples: one empty shard.
     """
     split_dir = Path(set_dir) / split
     split_dir.mkdir(parents=True, exist_ok=False)
-    chunks = [samples[i : i + max_per_shard] for i in range(0, len(samples), max_per_shard)] or [[]]
     sizes: dict[str, int] = {}
-    for i, chunk in enumerate(chunks):
-        name = f"{i}.tar"
-        writer = wds.TarWriter(str(split_dir / name), mtime=TAR_MTIME)
-        try:
-            for sample in chunk:
-                writer.write(sample)
-        finally:
+    writer = None
+    try:
+        for sample in samples:
+            if writer is None or sizes[name] == max_per_shard:
+                if writer is not None:
+                    writer.close()
+                name = f"{len(sizes)}.tar"
+                writer, sizes[name] = wds.TarWriter(str(split_dir / name), mtime=TAR_MTIME), 0
+            writer.write(sample)
+            sizes[name] += 1
+        if writer is None:
+            name = "0.tar"
+            writer, sizes[name] = wds.TarWriter(str(split_dir / name), mtime=TAR_MTIME), 0
+    finally:
+        if writer is not None:
             writer.close()
-        sizes[name] = len(chunk)
-    (split_dir / "nshards.txt").write_text(f"{len(chunks)}\n")
+    (split_dir / "nshards.txt").write_text(f"{len(sizes)}\n")
     (split_dir / "sizes.json").write_text(json.dumps(sizes, indent=1, sort_keys=True) + "\n")
     (Path(set_dir) / "classnames.txt").write_text("".join(f"{c}\n" for c in classnames))
     (Path(set_dir) / "zeroshot_classification_templates.txt").write_text("".join(f"{t}\n" for t in templates))

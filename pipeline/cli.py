@@ -206,9 +206,10 @@ def train(method: str = typer.Argument(..., help="a registered method (arf list)
     """Finetune the base model with one method on the packed shards."""
     from .methods import get_method
     from .models import model_dir_spec
-    from .train import train as run_train
+    from .train import relaunch_under_torchrun, train as run_train
 
     p, t = _params(params, "train"), time.time()
+    relaunch_under_torchrun(p.nproc_per_node, sys.argv)
     try:
         get_method(method)
     except KeyError as e:
@@ -242,7 +243,7 @@ def evaluate(model: Path = typer.Argument(..., help="model folder (the base fold
             typer.echo(f"error: --tag {item!r}: expected KEY=VALUE", err=True)
             raise typer.Exit(2)
         tags[k] = int(v) if v.lstrip("-").isdigit() else v
-    records = evaluate_wise(model, base, eval_root, packed, heldout, grid, out, tags)
+    records = evaluate_wise(model, base, eval_root, packed, heldout, grid, out, tags, p.device)
     last = {r["dataset"]: round(r.get("acc1", r.get("i2t_r1", 0)), 1) for r in records if r["alpha"] == grid[-1]}
     _report("evaluate", t, {"model": str(model), "alphas": grid, f"alpha {grid[-1]}": last})
 
@@ -293,9 +294,9 @@ def list_registered() -> None:
 
 
 def run(args: list[str] | None = None) -> None:
+    """Entry point of `arf` and of the DVC stages: bad input ends in one line, not a traceback."""
     from .models import ModelNotAvailable
 
-    """Entry point of `arf` and of the DVC stages: bad input ends in one line, not a traceback."""
     try:
         app(args)
     except (FileNotFoundError, ValueError, ModelNotAvailable) as e:

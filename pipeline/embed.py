@@ -15,6 +15,10 @@ from tqdm import tqdm
 from .shards import SkipCounter, decode_image, iter_samples, sample_image_bytes
 
 
+def model_device(model) -> torch.device:
+    return next(model.parameters()).device
+
+
 def batched(iterable: Iterable, n: int) -> Iterator[list]:
     it = iter(iterable)
     while batch := list(islice(it, n)):
@@ -43,7 +47,7 @@ def encode_images(model, preprocess: Callable, images: Iterable, batch_size: int
     out = []
     with tqdm(total=total, desc=desc, unit="img", leave=False) as bar:
         for batch in batched(images, batch_size):
-            out.append(fn(model, torch.stack([preprocess(im) for im in batch])).float())
+            out.append(fn(model, torch.stack([preprocess(im) for im in batch]).to(model_device(model))).float())
             bar.update(len(batch))
     return torch.cat(out) if out else torch.zeros(0)
 
@@ -54,7 +58,7 @@ def encode_texts(model, tokenizer, texts: list[str], batch_size: int = 256, desc
     fn = fn or (lambda m, t: F.normalize(m.encode_text(t), dim=-1))
     out = []
     for batch in tqdm(list(batched(texts, batch_size)), desc=desc, unit="batch", leave=False):
-        out.append(fn(model, tokenizer(batch)).float())
+        out.append(fn(model, tokenizer(batch).to(model_device(model))).float())
     return torch.cat(out) if out else torch.zeros(0)
 
 
@@ -66,7 +70,7 @@ def zeroshot_head(model, tokenizer, classnames: list[str], templates: list[str],
     """C x D normalised class embeddings: the mean of each class's normalised prompt embeddings."""
     texts = class_prompts(classnames, templates)
     if grad:
-        emb = F.normalize(model.encode_text(tokenizer(texts)), dim=-1)
+        emb = F.normalize(model.encode_text(tokenizer(texts).to(model_device(model))), dim=-1)
     else:
         emb = encode_texts(model, tokenizer, texts, desc="class prompts")
     return class_means(emb, len(classnames), len(templates))

@@ -85,13 +85,22 @@ class Step:
     head: torch.Tensor | None = None  # C x D classifier weights (methods with a head)
     head_scale: float = 1.0  # the base model's temperature, fixed: head logits are on the zero-shot scale
     train_image: bool = True  # False: the image tower is frozen this phase, so no graph is built for it
+    # Data-parallel runs: `images`, `labels` and `anchor_images` are this rank's share of the global
+    # batch; `captions`, `anchor_captions` and the prompts are the global batch's; `gather`
+    # concatenates a per-rank tensor over ranks with gradients, so every contrastive term sees the
+    # global batch exactly as one process would (open_clip's gather_with_grad).
+    gather: Callable[[torch.Tensor], torch.Tensor] | None = None
+    all_labels: torch.Tensor | None = None
 
     @property
     def logit_scale(self) -> torch.Tensor:
         return self.model.logit_scale.exp().clamp(max=100)
 
     def encode_text(self, texts: list[str]) -> torch.Tensor:
-        return F.normalize(self.model.encode_text(self.tokenizer(texts)), dim=-1)
+        tokens = self.tokenizer(texts)
+        if isinstance(tokens, torch.Tensor):
+            tokens = tokens.to(self.images.device)
+        return F.normalize(self.model.encode_text(tokens), dim=-1)
 
     def encode_image(self, images: torch.Tensor) -> torch.Tensor:
         with torch.set_grad_enabled(self.train_image and torch.is_grad_enabled()):
@@ -100,6 +109,17 @@ class Step:
     @cached_property
     def image_emb(self) -> torch.Tensor:
         return self.encode_image(self.images)
+
+    def gathered(self, x: torch.Tensor) -> torch.Tensor:
+        return x if self.gather is None else self.gather(x)
+
+    @cached_property
+    def all_image_emb(self) -> torch.Tensor:
+        return self.gathered(self.image_emb)
+
+    @property
+    def global_labels(self) -> torch.Tensor:
+        return self.labels if self.all_labels is None else self.all_labels
 
 
 @dataclass
@@ -146,7 +166,7 @@ def flyp_loss(step: Step) -> torch.Tensor:
     that class's prompt (see losses.contrastive_loss).
     """
     text = step.encode_text(step.prompts)
-    return contrastive_loss(step.image_emb, text, step.logit_scale, step.labels, step.prompt_labels)
+    return contrastive_loss(step.all_image_emb, text, step.logit_scale, step.global_labels, step.prompt_labels)
 
 
 def caption_loss(image_emb: torch.Tensor, captions: list[str], step: Step, scale: float | None = None) -> torch.Tensor:
@@ -165,13 +185,14 @@ def anchor_terms(step: Step, lambda_tca: float, lambda_ita: float, p: AnchorPara
     if getattr(p, "mixing", "separate") == "joint" and lambda_tca > 0 and lambda_ita > 0:
         n_ft, n_anchor = len(step.captions), len(step.anchor_captions)
         weight = (lambda_tca * n_ft + lambda_ita * n_anchor) / (n_ft + n_anchor)
-        images = torch.cat([step.image_emb, step.encode_image(step.anchor_images)])
+        images = torch.cat([step.all_image_emb, step.gathered(step.encode_image(step.anchor_images))])
         return {"anchors": weight * caption_loss(images, step.captions + step.anchor_captions, step, scale)}
     terms = {}
     if lambda_tca > 0:  # text-compensated anchors: the finetune images with their rich captions
-        terms["tca"] = lambda_tca * caption_loss(step.image_emb, step.captions, step, scale)
+        terms["tca"] = lambda_tca * caption_loss(step.all_image_emb, step.captions, step, scale)
     if lambda_ita > 0:  # image-text-pair anchors retrieved from the corpus
-        terms["ita"] = lambda_ita * caption_loss(step.encode_image(step.anchor_images), step.anchor_captions, step, scale)
+        terms["ita"] = lambda_ita * caption_loss(step.gathered(step.encode_image(step.anchor_images)),
+                                                 step.anchor_captions, step, scale)
     return terms
 
 

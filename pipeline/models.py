@@ -131,7 +131,8 @@ def _check_available(spec: ModelSpec) -> None:
             f"JSON config to {CONFIG_DIR}")
     if spec.is_local_checkpoint:
         if not Path(spec.pretrained).is_file():
-            raise ModelNotAvailable(f"model {spec}: checkpoint {spec.pretrained} not found")
+            raise ModelNotAvailable(f"model {spec}: checkpoint {spec.pretrained} not found; expected an open_clip "
+                                    f"checkpoint file of {spec.name} (a state dict .pt/.bin/.safetensors)")
         return
     if spec.pretrained is None:
         return

@@ -114,11 +114,18 @@ def flatten_on_white(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
+def every_shard(urls):
+    """webdataset nodesplitter that keeps every shard: its default refuses to run under torchrun, and
+    the callers here either want every shard on every rank (evaluation, validation, the exact
+    `sample` split) or have picked this rank's shards themselves."""
+    yield from urls
+
+
 def iter_samples(root: str | os.PathLike, skips: SkipCounter | None = None) -> Iterator[dict]:
     """Raw samples (key -> bytes) of a shard folder, in order; bad tar members are skipped and counted."""
     info = read_shard_info(root)
     handler = skips if skips is not None else SkipCounter()
-    ds = wds.WebDataset(info.urls, shardshuffle=False, handler=handler, empty_check=False)
+    ds = wds.WebDataset(info.urls, shardshuffle=False, handler=handler, empty_check=False, nodesplitter=every_shard)
     yield from ds
 
 

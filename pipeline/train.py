@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import random
 from dataclasses import dataclass, field, make_dataclass
 from pathlib import Path
@@ -23,7 +24,7 @@ from .embed import batched, zeroshot_head
 from .methods import HEAD, IMAGE, TEXT, Step, get_method, list_methods
 from .models import create_model, freeze_batchnorm, portable_spec, write_model_dir
 from .params import register_params
-from .shards import SkipCounter, decode_image, read_shard_info, sample_image_bytes
+from .shards import SkipCounter, decode_image, every_shard, read_shard_info, sample_image_bytes
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +40,24 @@ class TrainParams:
     warmup_steps: int = field(default=10, metadata={"min": 0})
     eval_every: int = field(default=20, metadata={"gt": 0})
     shuffle_buffer: int = field(default=2000, metadata={"gt": 0})
+    # auto: CUDA when present, else CPU. Results are bit-identical run to run on one device only.
+    device: str = "auto"
+    # fp32, or autocast to bf16 / fp16 (fp16 with loss scaling) for the forward passes on a GPU.
+    precision: str = field(default="fp32", metadata={"choices": ("fp32", "bf16", "fp16")})
+    # Save the full training state every this many steps (0: never) beside the output folder; a
+    # killed run started again with the same params resumes from it and ends bit-identical to an
+    # uninterrupted run (the data streams are fast-forwarded without decoding).
+    checkpoint_every: int = field(default=0, metadata={"min": 0})
+    # Data-parallel runs (torchrun): how the global batch (batch_size, anchor_batch_size: global, split
+    # evenly over ranks) is shared out. sample: every rank reads the same seeded stream and keeps its
+    # slice, so the run matches one process at the same global batch (every rank decodes the whole
+    # batch: exact, but decoding does not scale with ranks). shard: each rank streams its own shards
+    # (webdataset-style node splitting), decoding 1/world of the data; batches then differ from a
+    # one-process run. Ignored in a single process.
+    data_split: str = field(default="sample", metadata={"choices": ("sample", "shard")})
+    # Processes on this machine: > 1 relaunches the train command under torchrun (one per GPU). Runs
+    # across nodes are started with torchrun on each node instead (README: Running the paper's setup).
+    nproc_per_node: int = field(default=1, metadata={"gt": 0})
 
 
 # One field per registered method, typed by its params dataclass: `methods.<name>` in params.yaml.
@@ -50,29 +69,56 @@ def _text(v) -> str:
     return v.decode("utf-8") if isinstance(v, bytes) else v
 
 
-def sample_stream(root: Path, preprocess, seed: int, buffer: int, skips: SkipCounter) -> Iterator[dict]:
-    """Endless, seeded, shuffled stream of decoded samples from a shard folder (epoch after epoch)."""
+def raw_stream(root: Path, seed: int, buffer: int, skips: SkipCounter, rank: int = 0, world: int = 1) -> Iterator[dict]:
+    """Endless, seeded, shuffled stream of undecoded samples from a shard folder (epoch after epoch).
+    Its order depends only on the seed and the shards, so skipping n samples reproduces any position.
+    With world > 1, this rank's shards only (every world-th, from rank)."""
     urls = read_shard_info(root).urls
+    if world > 1:
+        if len(urls) < world:
+            raise ValueError(f"{root}: {len(urls)} shard(s) for {world} ranks; use train.data_split: sample or more shards")
+        urls = urls[rank::world]
     epoch = 0
     while True:
         rng = random.Random(seed * 100003 + epoch)
         order = urls[:]
         rng.shuffle(order)
-        ds = wds.WebDataset(order, shardshuffle=False, handler=skips, empty_check=False).shuffle(buffer, initial=buffer, rng=rng)
-        n = 0
-        for s in ds:
+        yield from wds.WebDataset(order, shardshuffle=False, handler=skips, empty_check=False,
+                                  nodesplitter=every_shard).shuffle(buffer, initial=buffer, rng=rng)
+        epoch += 1
+
+
+class SampleStream:
+    """Decoded samples of `raw_stream`; counts the raw samples it consumed, so a resumed run can
+    skip exactly those (`skip`) without decoding them again. Bad samples are skipped and counted."""
+
+    def __init__(self, root: Path, preprocess, seed: int, buffer: int, skips: SkipCounter, rank: int = 0, world: int = 1):
+        self.root, self.preprocess, self.skips = root, preprocess, skips
+        self.raw = raw_stream(root, seed, buffer, skips, rank, world)
+        self.consumed = 0
+        self.size = read_shard_info(root).num_samples
+
+    def skip(self, n: int) -> None:
+        for _ in range(n):
+            next(self.raw)
+        self.consumed += n
+
+    def __iter__(self) -> Iterator[dict]:
+        failed = 0
+        for s in self.raw:
+            self.consumed += 1
             key = s["__key__"]
             try:
-                image = preprocess(decode_image(sample_image_bytes(s)[1], key))
+                image = self.preprocess(decode_image(sample_image_bytes(s)[1], key))
             except (KeyError, ValueError) as e:
-                skips(e)
+                self.skips(e)
+                failed += 1
+                if failed > self.size:
+                    raise ValueError(f"{self.root}: no readable samples")
                 continue
-            n += 1
+            failed = 0
             yield {"key": key, "image": image, "txt": _text(s.get("txt", b"")),
                    "cls": int(_text(s["cls"])) if "cls" in s else -1}
-        if n == 0:
-            raise ValueError(f"{root}: no readable samples")
-        epoch += 1
 
 
 def load_val(root: Path, preprocess) -> tuple[torch.Tensor, torch.Tensor]:
@@ -109,16 +155,106 @@ def set_trainable(model: torch.nn.Module, parts: frozenset[str]) -> list[torch.n
     return trained
 
 
+def relaunch_under_torchrun(nproc: int, argv: list[str]) -> None:
+    """Replace this process by `torchrun --standalone --nproc_per_node N <argv>`, unless it already
+    is one of torchrun's workers (or nproc is 1)."""
+    import sys
+
+    if nproc == 1 or "WORLD_SIZE" in os.environ:
+        return
+    args = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", *argv]
+    os.execv(sys.executable, args)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+@dataclass
+class Dist:
+    """This process's place in a torchrun job (rank 0 of 1 without one)."""
+
+    rank: int = 0
+    world: int = 1
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+
+    @classmethod
+    def init(cls, device_name: str) -> "Dist":
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+        if world == 1:
+            return cls(device=resolve_device(device_name))
+        import torch.distributed as dist
+
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        cuda = resolve_device(device_name).type == "cuda"
+        if not dist.is_initialized():
+            dist.init_process_group("nccl" if cuda else "gloo")
+        device = torch.device(f"cuda:{local}") if cuda else torch.device("cpu")
+        if cuda:
+            torch.cuda.set_device(device)
+        return cls(dist.get_rank(), dist.get_world_size(), device)
+
+    def share(self, n: int, what: str) -> int:
+        if n % self.world:
+            raise ValueError(f"train.{what}: {n} does not split over {self.world} ranks")
+        return n // self.world
+
+    def gather(self, x: torch.Tensor) -> torch.Tensor:
+        import torch.distributed.nn.functional as dnf
+
+        return torch.cat(dnf.all_gather(x))
+
+    def gather_objects(self, items: list) -> list:
+        import torch.distributed as dist
+
+        out = [None] * self.world
+        dist.all_gather_object(out, items)
+        return [x for part in out for x in part]
+
+    def mean(self, x: float) -> float:
+        import torch.distributed as dist
+
+        t = torch.tensor([x], dtype=torch.float64)
+        dist.all_reduce(t)
+        return t.item() / self.world
+
+    def barrier(self) -> None:
+        if self.world > 1:
+            import torch.distributed as dist
+
+            dist.barrier()
+
+
+def _fingerprint(method_name: str, seed: int, base_spec: str, params: TrainParams, method_params, shards_over: int) -> str:
+    """What a resume state must match: the run it was saved from (same method, seed, base and params)."""
+    from dataclasses import asdict
+
+    run = {"method": method_name, "seed": seed, "base": portable_spec(base_spec), "train": asdict(params),
+           "method_params": asdict(method_params), "shards_over_ranks": shards_over}
+    run["train"].pop("checkpoint_every")
+    run["train"].pop("nproc_per_node")
+    return json.dumps(run, sort_keys=True)
+
+
+def resume_path(out_dir: Path) -> Path:
+    # Beside the output, not in it: DVC deletes a stage's outputs before running it again.
+    return out_dir.parent / f".{out_dir.name}.resume.pt"
+
+
 def train(method_name: str, packed_dir: Path, base_spec: str, out_dir: Path, params: TrainParams,
           method_params, live_dir: Path | None = None, seed: int = 0) -> dict:
     method = get_method(method_name)
     if not method.trains:
         raise ValueError(f"method {method_name!r} trains nothing: evaluate the base model folder instead")
+    dd = Dist.init(params.device)
+    device = dd.device
     torch.manual_seed(seed)
     rng = random.Random(seed)
     classes = json.loads((packed_dir / "classes.json").read_text())
     classnames, templates = classes["classnames"], classes["templates"]
-    lm = create_model(base_spec)
+    lm = create_model(base_spec, device=str(device))
     model, tokenizer = lm.model, lm.tokenizer
     head = head_init = None
     head_scale = model.logit_scale.exp().item()
@@ -127,21 +263,48 @@ def train(method_name: str, packed_dir: Path, base_spec: str, out_dir: Path, par
             head_init = zeroshot_head(model, tokenizer, classnames, templates)
         head = torch.nn.Parameter(head_init.clone())
     skips = SkipCounter()
-    ft_stream = batched(sample_stream(packed_dir / "finetune", lm.preprocess, seed, params.shuffle_buffer, skips),
-                        params.batch_size)
-    anchor_stream = None
-    if method.needs_anchors:
-        anchor_stream = batched(sample_stream(packed_dir / "anchors", lm.preprocess, seed + 1,
-                                              params.shuffle_buffer, skips), params.anchor_batch_size)
+    by_shard = dd.world > 1 and params.data_split == "shard"
+    split = (dd.rank, dd.world) if by_shard else (0, 1)
+    b_ft, b_anchor = dd.share(params.batch_size, "batch_size"), dd.share(params.anchor_batch_size, "anchor_batch_size")
+    ft_data = SampleStream(packed_dir / "finetune", lm.preprocess, seed, params.shuffle_buffer, skips, *split)
+    anchor_data = SampleStream(packed_dir / "anchors", lm.preprocess, seed + 1, params.shuffle_buffer, skips, *split) \
+        if method.needs_anchors else None
     val_images, val_labels = load_val(packed_dir / "val", lm.preprocess)
+    autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(params.precision)
+    scaler = torch.amp.GradScaler(device.type) if params.precision == "fp16" else None
 
     def val_acc() -> float:
-        return val_accuracy(model, tokenizer, classnames, templates, val_images, val_labels,
+        return val_accuracy(model, tokenizer, classnames, templates, val_images.to(device), val_labels.to(device),
                             None if head is None else head.detach())
 
-    live = _make_live(live_dir)
-    history = [{"step": 0, "val_acc1": val_acc()}]
-    _log(live, 0, history[0])
+    fingerprint = _fingerprint(method_name, seed, base_spec, params, method_params, dd.world if by_shard else 1)
+    state_path = resume_path(out_dir)
+    state = _load_resume(state_path, fingerprint) if params.checkpoint_every else None
+    if state is not None:
+        model.load_state_dict(state["model"])
+        if head is not None:
+            head.data.copy_(state["head"])
+        consumed = state["consumed"][dd.rank if by_shard else 0]
+        ft_data.skip(consumed[0])
+        if anchor_data is not None:
+            anchor_data.skip(consumed[1])
+        rng.setstate(state["python_rng"])
+        torch.set_rng_state(state["torch_rng"])
+        history = state["history"]
+        log.warning("%s: resuming %s seed %d at step %d", state_path, method_name, seed, state["step"])
+    else:
+        history = None
+    # sample split (and one process): every rank draws the global batch and keeps its slice
+    ft_stream = batched(ft_data, b_ft if by_shard else params.batch_size)
+    anchor_stream = batched(anchor_data, b_anchor if by_shard else params.anchor_batch_size) \
+        if anchor_data is not None else None
+    mine = (lambda items, b: items) if by_shard else (lambda items, b: items[dd.rank * b:(dd.rank + 1) * b])
+    everyone = dd.gather_objects if by_shard else (lambda items: items)
+
+    live = _make_live(live_dir if dd.rank == 0 else None, resume=state is not None)
+    if history is None:
+        history = [{"step": 0, "val_acc1": val_acc()}]
+        _log(live, 0, history[0])
     step_i = 0
     for phase_i, parts in enumerate(method.phases):
         trained = set_trainable(model, parts)
@@ -152,57 +315,136 @@ def train(method_name: str, packed_dir: Path, base_spec: str, out_dir: Path, par
         warmup = max(1, params.warmup_steps)
         sched = torch.optim.lr_scheduler.LambdaLR(  # linear warm-up, then cosine decay to zero
             opt, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / params.steps))))
+        first = 0
+        if state is not None and step_i + params.steps > state["step"]:  # the phase the state was saved in
+            first = state["step"] - step_i
+            opt.load_state_dict(state["optimizer"])
+            sched.load_state_dict(state["scheduler"])
+            if scaler is not None:
+                scaler.load_state_dict(state["scaler"])
+            state = None
+        elif state is not None:  # a finished phase: nothing to redo
+            step_i += params.steps
+            continue
+        step_i += first
         model.train()
         freeze_batchnorm(model)
+        loss_fn = method.loss if dd.world == 1 else _data_parallel_loss(method, model, head, device)
         desc = f"train {method_name}" + (f" phase {phase_i + 1}/{len(method.phases)}" if len(method.phases) > 1 else "")
-        for _ in tqdm(range(params.steps), desc=desc, unit="step"):
+        for _ in tqdm(range(first, params.steps), desc=desc, unit="step", initial=first, total=params.steps,
+                      disable=dd.rank > 0):
             step_i += 1
-            batch = next(ft_stream)
+            drawn = next(ft_stream)
+            batch = mine(drawn, b_ft)
             labels = torch.tensor([s["cls"] for s in batch])
-            distinct = sorted(set(labels.tolist()))
+            all_labels = torch.tensor(everyone([s["cls"] for s in drawn]))
+            distinct = sorted(set(all_labels.tolist()))
             step = Step(
                 model=model, tokenizer=tokenizer,
-                images=torch.stack([s["image"] for s in batch]), labels=labels,
-                captions=[s["txt"] for s in batch],
+                images=torch.stack([s["image"] for s in batch]).to(device), labels=labels.to(device),
+                captions=everyone([s["txt"] for s in drawn]),
                 prompts=[rng.choice(templates).replace("{c}", classnames[c]) for c in distinct],
-                prompt_labels=torch.tensor(distinct), head=head, head_scale=head_scale,
+                prompt_labels=torch.tensor(distinct).to(device), head=head, head_scale=head_scale,
                 train_image=IMAGE in parts,
+                gather=dd.gather if dd.world > 1 else None, all_labels=all_labels.to(device) if dd.world > 1 else None,
             )
             if anchor_stream is not None:
-                anchors = next(anchor_stream)
-                step.anchor_images = torch.stack([s["image"] for s in anchors])
-                step.anchor_captions = [s["txt"] for s in anchors]
-            terms = method.loss(step, method_params)
-            loss = sum(terms.values())
+                drawn_anchors = next(anchor_stream)
+                step.anchor_images = torch.stack([s["image"] for s in mine(drawn_anchors, b_anchor)]).to(device)
+                step.anchor_captions = everyone([s["txt"] for s in drawn_anchors])
+            with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+                terms = loss_fn(step, method_params)
+                loss = sum(terms.values())
             opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+            if scaler is not None:
+                scaler.scale(loss).backward()
+                scaler.step(opt)
+                scaler.update()
+            else:
+                loss.backward()
+                opt.step()
             sched.step()
-            record = {"loss": loss.item(), **{f"loss_{k}": v.item() for k, v in terms.items()},
+            value = (lambda x: x) if dd.world == 1 else dd.mean  # head terms are per-rank means
+            record = {"loss": value(loss.item()), **{f"loss_{k}": value(v.item()) for k, v in terms.items()},
                       "lr": sched.get_last_lr()[0]}
             if step_i % params.eval_every == 0 or step_i == params.steps * len(method.phases):
                 record["val_acc1"] = val_acc()
             history.append({"step": step_i, **record})
             _log(live, step_i, record)
+            if params.checkpoint_every and step_i % params.checkpoint_every == 0 \
+                    and step_i < params.steps * len(method.phases):
+                consumed = [ft_data.consumed, 0 if anchor_data is None else anchor_data.consumed]
+                consumed = dd.gather_objects([consumed]) if by_shard else [consumed]
+                if dd.rank == 0:
+                    _save_resume(state_path, fingerprint, step_i, model, head, opt, sched, scaler, consumed, rng, history)
+                dd.barrier()
     model.eval()
     set_trainable(model, frozenset((IMAGE, TEXT)))
-    head_record = None if head is None else {"weight": head.detach().clone(), "init": head_init, "classnames": classnames}
-    write_model_dir(model, lm.spec.name, out_dir, head=head_record, method=method_name, base=portable_spec(base_spec),
+    result = {"method": method_name, "seed": seed, "val_acc1_start": history[0]["val_acc1"],
+              "val_acc1_end": history[-1].get("val_acc1"), "skipped": skips.skipped, "history": history}
+    if dd.rank > 0:  # rank 0 writes the model; the weights are the same on every rank
+        dd.barrier()
+        return result
+    head_record = None if head is None else {"weight": head.detach().cpu().clone(), "init": head_init.cpu(),
+                                             "classnames": classnames}
+    write_model_dir(model.cpu(), lm.spec.name, out_dir, head=head_record, method=method_name, base=portable_spec(base_spec),
                     seed=seed, steps=params.steps * len(method.phases), final_val_acc1=history[-1].get("val_acc1"))
+    state_path.unlink(missing_ok=True)
     if live is not None:
         live.end()
     if skips.skipped:
         log.warning(skips.report(str(packed_dir)))
-    return {"method": method_name, "seed": seed, "val_acc1_start": history[0]["val_acc1"],
-            "val_acc1_end": history[-1].get("val_acc1"), "skipped": skips.skipped, "history": history}
+    dd.barrier()
+    return result
 
 
-def _make_live(live_dir: Path | None):
+def _data_parallel_loss(method, model, head, device):
+    """The method's loss inside DistributedDataParallel, which averages gradients over ranks."""
+    from torch.nn.parallel import DistributedDataParallel
+
+    class _Loss(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.model = model
+            if head is not None:
+                self.head = head
+
+        def forward(self, step, method_params):
+            return method.loss(step, method_params)
+
+    ddp = DistributedDataParallel(_Loss(), device_ids=[device.index] if device.type == "cuda" else None)
+    return lambda step, method_params: ddp(step, method_params)
+
+
+def _save_resume(path: Path, fingerprint: str, step: int, model, head, opt, sched, scaler, consumed: list,
+                 rng: random.Random, history: list[dict]) -> None:
+    from .atomic import atomic_file
+
+    state = {"fingerprint": fingerprint, "step": step, "model": model.state_dict(),
+             "head": None if head is None else head.detach(), "optimizer": opt.state_dict(),
+             "scheduler": sched.state_dict(), "scaler": None if scaler is None else scaler.state_dict(),
+             "consumed": consumed,  # raw samples per rank: [[finetune, anchors], ...]
+             "python_rng": rng.getstate(), "torch_rng": torch.get_rng_state(), "history": history}
+    with atomic_file(path, "wb") as f:
+        torch.save(state, f)
+
+
+def _load_resume(path: Path, fingerprint: str) -> dict | None:
+    if not path.is_file():
+        return None
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if state.get("fingerprint") != fingerprint:
+        log.warning("%s: saved by a run with other params; starting from scratch", path)
+        return None
+    return state
+
+
+def _make_live(live_dir: Path | None, resume: bool = False):
     if live_dir is None:
         return None
     from dvclive import Live
 
-    return Live(str(live_dir), save_dvc_exp=False, dvcyaml=None, report=None)
+    return Live(str(live_dir), save_dvc_exp=False, dvcyaml=None, report=None, resume=resume)
 
 
 def _log(live, step: int, record: dict) -> None:

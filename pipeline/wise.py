@@ -24,6 +24,7 @@ from .embed import class_means, class_prompts, encode_texts, iter_shard_images
 from .evaluate import EvalSet, classification_metrics, image_features, read_eval_sets, read_labelled_shards
 from .losses import group_ids
 from .models import create_model, model_dir_spec, read_head, read_state_dict
+from .train import resolve_device
 from .params import register_params
 from .shards import SkipCounter
 
@@ -35,6 +36,7 @@ log = logging.getLogger(__name__)
 class EvaluateParams:
     # alpha = 0 is the base model for every method, scored once as `zeroshot`.
     wise_alphas: list[float] = field(default_factory=lambda: [round(0.1 * i, 1) for i in range(1, 11)])
+    device: str = "auto"  # CUDA when present, else CPU
 
     def check(self, where: str) -> None:
         from .params import ParamsError
@@ -140,14 +142,14 @@ class Scorer:
         return class_means(self.text_features(prompts), len(classnames), len(es.templates))
 
     def logits(self, es: EvalSet, head_weight: torch.Tensor | None) -> torch.Tensor:
-        return es.project(self.image_features(es.name, es.images) @ self.classifier(es, head_weight).t())
+        return es.project((self.image_features(es.name, es.images) @ self.classifier(es, head_weight).t()).cpu())
 
     def classify(self, es: EvalSet, head_weight: torch.Tensor | None) -> dict:
         return classification_metrics(self.logits(es, head_weight), es.labels)
 
     def retention(self, pairs: HeldoutPairs) -> dict:
-        return retrieval_r1(self.image_features("__heldout__", pairs.images),
-                            self.text_features(tuple(pairs.captions)), pairs.captions)
+        return retrieval_r1(self.image_features("__heldout__", pairs.images).cpu(),
+                            self.text_features(tuple(pairs.captions)).cpu(), pairs.captions)
 
 
 def read_val_set(packed_dir: Path, preprocess) -> EvalSet:
@@ -157,9 +159,10 @@ def read_val_set(packed_dir: Path, preprocess) -> EvalSet:
 
 
 def evaluate_wise(model_dir: Path, base_dir: Path, eval_root: Path, packed_dir: Path, heldout_dir: Path,
-                  alphas: list[float], out_path: Path, tags: dict) -> list[dict]:
+                  alphas: list[float], out_path: Path, tags: dict, device: str = "auto") -> list[dict]:
     """Score theta(alpha) for each alpha; write one JSON line per (alpha, dataset), wise-ft style."""
-    lm = create_model(model_dir_spec(base_dir))
+    device = resolve_device(device)
+    lm = create_model(model_dir_spec(base_dir), device=str(device))
     base = {k: v.clone() for k, v in lm.model.state_dict().items()}
     finetuned = read_state_dict(model_dir)
     head = read_head(model_dir)
@@ -171,7 +174,8 @@ def evaluate_wise(model_dir: Path, base_dir: Path, eval_root: Path, packed_dir: 
     for alpha in alphas:
         lm.model.load_state_dict(interpolate(base, finetuned, alpha))
         scorer.invalidate(changed)
-        head_weight = None if head is None else interpolate({"w": head["init"]}, {"w": head["weight"]}, alpha)["w"]
+        head_weight = None if head is None else \
+            interpolate({"w": head["init"]}, {"w": head["weight"]}, alpha)["w"].to(device)
         for es in sets:
             m = scorer.classify(es, head_weight)
             records.append({**tags, "alpha": alpha, "dataset": es.name,

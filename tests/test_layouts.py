@@ -190,3 +190,23 @@ def test_import_refuses_shift_sets_of_other_classes_and_missing_parts(fx, tmp_pa
     with pytest.raises(ParamsError, match="data.local.finetune: missing"):
         import_local_data(tmp_path, local_params(fx, finetune={}))
     assert not (tmp_path / "benchmark").exists()
+
+
+def test_large_eval_sets_stream_and_score_the_same(fx, tmp_path, monkeypatch):
+    from helpers import make_tiny_checkpoint
+
+    import pipeline.evaluate as ev
+    from pipeline.models import create_model
+
+    import_local_data(tmp_path, local_params(fx))
+    name, ckpt = make_tiny_checkpoint(tmp_path)
+    lm = create_model(f"{name}:{ckpt}")
+    root = tmp_path / "benchmark/eval/id_test"
+    cached = read_eval_set(root, lm.preprocess)
+    monkeypatch.setattr(ev, "MAX_CACHED_BYTES", 0)
+    streamed = read_eval_set(root, lm.preprocess)
+    assert isinstance(cached.images, torch.Tensor) and isinstance(streamed.images, ev.ImageStream)
+    assert torch.equal(cached.labels, streamed.labels) and len(streamed.images) == len(cached.labels)
+    a = ev.image_features(lm.model, cached.images, batch_size=5)
+    b = ev.image_features(lm.model, ev.ImageStream(streamed.images.shards, streamed.images.keys, lm.preprocess, 5))
+    assert torch.allclose(a, b, atol=1e-6)

@@ -117,3 +117,31 @@ def test_plan_counts_present_sets_and_names_missing_ones(tmp_path):
     assert embed.gpu_hours == pytest.approx(60 * (costs["image_forward_flops"] + costs["text_forward_flops"]) / 50e12 / 3600)
     text = format_plan(plans, params)
     assert "[MISSING] build_data    shift_objectnet" in text and "total" in text
+
+
+def _stage(root: Path, stage: str, env: dict) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(REPO / "stages" / f"{stage}.py")], cwd=root, env=env,
+                          capture_output=True, text=True)
+
+
+def test_missing_dataset_or_weights_stop_with_one_line_naming_path_and_layout(tmp_path):
+    preset = yaml.safe_load((REPO / "presets/imagenet.yaml").read_text())
+    make_preset_tree(tmp_path / "datasets", preset)
+    shutil.rmtree(tmp_path / "datasets" / "imagenet-a")
+    preset["data"]["local"]["root"] = str(tmp_path / "datasets")
+    preset["align"]["model"] = f"ViT-B-16:{tmp_path / 'weights' / 'openai.pt'}"
+    preset["caption"]["model_path"] = str(tmp_path / "blip2-opt-2.7b")
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(preset))
+    env = dict(os.environ)
+    for stage, expected in (
+        ("build_data", f"{tmp_path}/datasets/imagenet-a: not found; shift_imagenet_a expects layout imagenet_subset: PATH/<wnid>/<image>"),
+        ("align", f"checkpoint {tmp_path}/weights/openai.pt not found; expected an open_clip checkpoint file of ViT-B-16"),
+    ):
+        proc = _stage(tmp_path, stage, env)
+        lines = [line for line in proc.stderr.splitlines() if line.strip()]
+        assert proc.returncode == 1 and len(lines) == 1 and expected in lines[0], proc.stderr[-2000:]
+    assert not (tmp_path / "data" / "benchmark").exists() and not (tmp_path / "models").exists()
+    from pipeline.captioners import create_captioner
+
+    with pytest.raises(ValueError, match=r"blip2-opt-2.7b'?: not a local folder .*point caption.model_path at the folder"):
+        create_captioner("blip2", model_path=preset["caption"]["model_path"])

@@ -91,20 +91,53 @@ class Step:
     # global batch exactly as one process would (open_clip's gather_with_grad).
     gather: Callable[[torch.Tensor], torch.Tensor] | None = None
     all_labels: torch.Tensor | None = None
+    # Activation memory. With `micro_batch`, every encoding runs without a graph, chunk by chunk, and
+    # the loss sees leaf tensors; `backward_encodings()` then encodes each chunk again with a graph and
+    # back-propagates the loss's gradient into it (GradCache, Gao et al. 2021). The gradients are the
+    # whole batch's, contrastive negatives included; memory is one chunk's activations, paid for with
+    # a second forward pass. Needs deterministic towers (no dropout), as CLIP's are.
+    micro_batch: int | None = None
+    _replay: list = field(default_factory=list, init=False, repr=False)
 
     @property
     def logit_scale(self) -> torch.Tensor:
         return self.model.logit_scale.exp().clamp(max=100)
 
-    def encode_text(self, texts: list[str]) -> torch.Tensor:
+    def _text(self, texts: list[str]) -> torch.Tensor:
         tokens = self.tokenizer(texts)
         if isinstance(tokens, torch.Tensor):
             tokens = tokens.to(self.images.device)
         return F.normalize(self.model.encode_text(tokens), dim=-1)
 
+    def _image(self, images: torch.Tensor) -> torch.Tensor:
+        return F.normalize(self.model.encode_image(images), dim=-1)
+
+    def _encode(self, fn: Callable, inputs) -> torch.Tensor:
+        if self.micro_batch is None or not torch.is_grad_enabled():
+            return fn(inputs)
+        with torch.no_grad():
+            emb = torch.cat([fn(inputs[i:i + self.micro_batch]) for i in range(0, len(inputs), self.micro_batch)])
+        leaf = emb.requires_grad_(True)
+        self._replay.append((fn, inputs, leaf))
+        return leaf
+
+    def encode_text(self, texts: list[str]) -> torch.Tensor:
+        return self._encode(self._text, texts)
+
     def encode_image(self, images: torch.Tensor) -> torch.Tensor:
         with torch.set_grad_enabled(self.train_image and torch.is_grad_enabled()):
-            return F.normalize(self.model.encode_image(images), dim=-1)
+            return self._encode(self._image, images)
+
+    def backward_encodings(self) -> None:
+        """After loss.backward() with `micro_batch`: carry the embeddings' gradients into the towers."""
+        for fn, inputs, leaf in self._replay:
+            if leaf.grad is None:
+                continue
+            for i in range(0, len(inputs), self.micro_batch):
+                out = fn(inputs[i:i + self.micro_batch])
+                if out.requires_grad:  # a frozen tower builds no graph
+                    out.backward(leaf.grad[i:i + self.micro_batch])
+        self._replay.clear()
 
     @cached_property
     def image_emb(self) -> torch.Tensor:

@@ -58,6 +58,9 @@ class TrainParams:
     # Processes on this machine: > 1 relaunches the train command under torchrun (one per GPU). Runs
     # across nodes are started with torchrun on each node instead (README: Running the paper's setup).
     nproc_per_node: int = field(default=1, metadata={"gt": 0})
+    # Encode each rank's batch in chunks of this many samples (GradCache): the gradients of the whole
+    # batch, with the activation memory of one chunk; costs one extra forward pass. null: all at once.
+    micro_batch_size: int | None = field(default=None, metadata={"gt": 0})
 
 
 # One field per registered method, typed by its params dataclass: `methods.<name>` in params.yaml.
@@ -220,6 +223,14 @@ class Dist:
         dist.all_reduce(t)
         return t.item() / self.world
 
+    def average_gradients(self, params: list[torch.nn.Parameter]) -> None:
+        import torch.distributed as dist
+
+        for p in params:
+            if p.grad is not None:
+                dist.all_reduce(p.grad)
+                p.grad /= self.world
+
     def barrier(self) -> None:
         if self.world > 1:
             import torch.distributed as dist
@@ -329,7 +340,10 @@ def train(method_name: str, packed_dir: Path, base_spec: str, out_dir: Path, par
         step_i += first
         model.train()
         freeze_batchnorm(model)
-        loss_fn = method.loss if dd.world == 1 else _data_parallel_loss(method, model, head, device)
+        # GradCache backpropagates in several passes, which DDP's one-backward bookkeeping does not
+        # follow: its gradients are averaged over ranks by hand (no overlap with the backward pass).
+        loss_fn = method.loss if dd.world == 1 or params.micro_batch_size else \
+            _data_parallel_loss(method, model, head, device)
         desc = f"train {method_name}" + (f" phase {phase_i + 1}/{len(method.phases)}" if len(method.phases) > 1 else "")
         for _ in tqdm(range(first, params.steps), desc=desc, unit="step", initial=first, total=params.steps,
                       disable=dd.rank > 0):
@@ -347,6 +361,7 @@ def train(method_name: str, packed_dir: Path, base_spec: str, out_dir: Path, par
                 prompt_labels=torch.tensor(distinct).to(device), head=head, head_scale=head_scale,
                 train_image=IMAGE in parts,
                 gather=dd.gather if dd.world > 1 else None, all_labels=all_labels.to(device) if dd.world > 1 else None,
+                micro_batch=params.micro_batch_size,
             )
             if anchor_stream is not None:
                 drawn_anchors = next(anchor_stream)
@@ -356,12 +371,15 @@ def train(method_name: str, packed_dir: Path, base_spec: str, out_dir: Path, par
                 terms = loss_fn(step, method_params)
                 loss = sum(terms.values())
             opt.zero_grad(set_to_none=True)
+            (scaler.scale(loss) if scaler is not None else loss).backward()
+            if params.micro_batch_size:
+                step.backward_encodings()
+                if dd.world > 1:
+                    dd.average_gradients(trained)
             if scaler is not None:
-                scaler.scale(loss).backward()
                 scaler.step(opt)
                 scaler.update()
             else:
-                loss.backward()
                 opt.step()
             sched.step()
             value = (lambda x: x) if dd.world == 1 else dd.mean  # head terms are per-rank means

@@ -156,8 +156,10 @@ def caption(finetune: Path = typer.Option(Path("data/benchmark/finetune")),
     """Caption the finetune images (backends: nn, blip, blip2, classname)."""
     from .caption import caption_finetune_set
     from .models import model_dir_spec
+    from .train import relaunch_under_torchrun
 
     p, t = _params(params, "caption"), time.time()
+    relaunch_under_torchrun(p.nproc_per_node, sys.argv)
     spec = model_dir_spec(base) if p.backend == "nn" else ""
     _report("caption", t, caption_finetune_set(finetune, out, p, spec, corpus_emb, classes))
 

@@ -25,10 +25,11 @@ def batched(iterable: Iterable, n: int) -> Iterator[list]:
         yield batch
 
 
-def iter_shard_images(root: str | os.PathLike, skips: SkipCounter | None = None) -> Iterator[tuple[str, "Image", dict]]:
+def iter_shard_images(root: str | os.PathLike, skips: SkipCounter | None = None,
+                      urls: list[str] | None = None) -> Iterator[tuple[str, "Image", dict]]:
     """(key, RGB image, sample) for each decodable sample; undecodable ones are skipped and counted."""
     skips = skips if skips is not None else SkipCounter()
-    for sample in iter_samples(root, skips):
+    for sample in iter_samples(root, skips, urls):
         key = sample["__key__"]
         try:
             _, data = sample_image_bytes(sample)

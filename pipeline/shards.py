@@ -121,11 +121,12 @@ def every_shard(urls):
     yield from urls
 
 
-def iter_samples(root: str | os.PathLike, skips: SkipCounter | None = None) -> Iterator[dict]:
-    """Raw samples (key -> bytes) of a shard folder, in order; bad tar members are skipped and counted."""
-    info = read_shard_info(root)
+def iter_samples(root: str | os.PathLike, skips: SkipCounter | None = None, urls: list[str] | None = None) -> Iterator[dict]:
+    """Raw samples (key -> bytes) of a shard folder (or of some of its shards), in order; bad tar
+    members are skipped and counted."""
+    urls = urls if urls is not None else read_shard_info(root).urls
     handler = skips if skips is not None else SkipCounter()
-    ds = wds.WebDataset(info.urls, shardshuffle=False, handler=handler, empty_check=False, nodesplitter=every_shard)
+    ds = wds.WebDataset(urls, shardshuffle=False, handler=handler, empty_check=False, nodesplitter=every_shard)
     yield from ds
 
 

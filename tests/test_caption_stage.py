@@ -72,3 +72,57 @@ def test_classname_backend_captions_each_image_with_its_class_name(tmp_path):
     with pytest.raises(FileNotFoundError, match="nope.json"):
         caption_finetune_set(tmp_path / "ft", tmp_path / "c2.jsonl", CaptionParams(backend="classname"), "", tmp_path,
                              tmp_path / "nope.json")
+
+
+CAPTION_SCRIPT = """
+import sys
+from pathlib import Path
+from pipeline.caption import CaptionParams, caption_finetune_set
+root, folder, out = sys.argv[1:4]
+params = CaptionParams(backend="blip", model_path=folder, batch_size=2, max_new_tokens=4)
+caption_finetune_set(Path(root), Path(out), params, base_model_spec="", corpus_emb_dir=Path(out).parent)
+"""
+
+
+def test_captioning_resumes_per_shard_and_splits_over_torchrun_ranks(tmp_path, monkeypatch):
+    """Three shards: one run; a run killed in its second shard and started again (the first shard is
+    not captioned twice); two gloo processes under torchrun. All three write the same file."""
+    import subprocess
+    import sys
+
+    import pipeline.caption as cap
+
+    root, _ = make_corpus_shards(tmp_path / "ft", 9, size=32, max_per_shard=3)
+    folder = build_tiny_blip(tmp_path / "blip")
+    params = CaptionParams(backend="blip", model_path=str(folder), batch_size=2, max_new_tokens=4)
+    whole = tmp_path / "whole" / "captions.jsonl"
+    caption_finetune_set(root, whole, params, "", tmp_path)
+    assert len(whole.read_text().splitlines()) == 9
+
+    real = cap.caption_dataset
+    calls = []
+
+    def dying(captioner, samples, batch_size, **kw):
+        calls.append(kw["desc"])
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(captioner, samples, batch_size, **kw)
+
+    out = tmp_path / "resumed" / "captions.jsonl"
+    monkeypatch.setattr(cap, "caption_dataset", dying)
+    with pytest.raises(KeyboardInterrupt):
+        caption_finetune_set(root, out, params, "", tmp_path)
+    assert not out.exists() and (out.parent / ".captions.jsonl.parts" / "00000.tar.jsonl").is_file()
+    calls.clear()
+    monkeypatch.setattr(cap, "caption_dataset", lambda *a, **kw: (calls.append(kw["desc"]), real(*a, **kw))[1])
+    report = caption_finetune_set(root, out, params, "", tmp_path)
+    assert calls == ["captioning 00001.tar", "captioning 00002.tar"] and report["shards_resumed"] == 1
+    assert out.read_text() == whole.read_text() and not (out.parent / ".captions.jsonl.parts").exists()
+
+    script = tmp_path / "caption.py"
+    script.write_text(CAPTION_SCRIPT)
+    two = tmp_path / "two" / "captions.jsonl"
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                           str(script), str(root), str(folder), str(two)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert two.read_text() == whole.read_text()

@@ -101,6 +101,8 @@ def _train_flops_per_step(method_name: str, method_params, train, n_classes: int
             f += train.anchor_batch_size * (img + txt) * 3
         if parts == frozenset({HEAD}):
             f = train.batch_size * img
+        elif train.micro_batch_size:  # GradCache encodes every trained input twice: 4 passes, not 3
+            f *= 4 / 3
         out.append(f)
     return out
 

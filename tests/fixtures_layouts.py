@@ -135,6 +135,21 @@ def make_coop(root: Path, per_class: int = 2) -> Path:
     return ds
 
 
+def make_aircraft(root: Path) -> Path:
+    data = root / "fgvc-aircraft-2013b" / "data"
+    variants = ["707-320", "A320", "Boeing 717"]
+    (data / "images").mkdir(parents=True)
+    (data / "variants.txt").write_text("\n".join(variants) + "\n")
+    lines = []
+    for y, v in enumerate(variants):
+        for j in range(2):
+            image_id = f"{y}{j:06d}"
+            _write(data / "images" / f"{image_id}.jpg", jpeg(y + 2, seed=j))
+            lines.append(f"{image_id} {v}")
+    (data / "images_variant_test.txt").write_text("\n".join(lines) + "\n")
+    return data
+
+
 def make_csv(root: Path, classnames: list[str], per_class: int = 3) -> Path:
     rows = ["path,label,caption"]
     for y, c in enumerate(classnames):
@@ -190,6 +205,7 @@ def make_all(root: Path) -> dict[str, Path]:
         "domainnet": make_domainnet(root),
         "wds": make_clip_benchmark_wds(root),
         "coop": make_coop(root),
+        "aircraft": make_aircraft(root),
         "csv": make_csv(root, [imagenet_classnames()[i] for i in FINETUNE_IDX]),
         "corpus": make_img2dataset_corpus(root),
     }

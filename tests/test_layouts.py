@@ -101,6 +101,12 @@ def test_coop_split_folder_layout(fx):
                           "images": "UCF-101-midframes", "split": "val2"})
 
 
+def test_fgvc_aircraft_release_layout(fx):
+    ls = read_layout("zeroshot_aircraft", {"layout": "fgvc_aircraft", "path": fx["aircraft"]})
+    assert ls.classnames == ["707-320", "A320", "Boeing 717"]  # variant names keep their spaces
+    assert sorted(y for _, y in labels_of(ls)) == [0, 0, 1, 1, 2, 2]
+
+
 def test_csv_and_folder_bring_your_own(fx, tmp_path):
     ls = read_layout("finetune", {"layout": "csv", "path": fx["csv"]})
     assert ls.classnames == sorted(imagenet_classnames()[i] for i in FINETUNE_IDX)

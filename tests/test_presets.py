@@ -2,9 +2,10 @@
 in the real layouts and tiny models (a tiny open_clip ViT, a tiny BLIP-2).
 
 What the test changes in a preset, and only that: where the data and weights are (fixtures), the
-budgets (2 training steps of 4, k = 2 anchors per class, 5 held-out pairs, alphas 0.5 and 1) and the
-templates (open_clip's 7 instead of its 80, to keep 1,000-class heads cheap). Layouts, set names,
-methods and every other key are the preset's own.
+budgets (2 training steps of 4, k = 2 anchors per class, 5 held-out pairs, alphas 0.5 and 1), the
+templates (open_clip's 7 instead of its 80, to keep 1,000-class heads cheap) and, for DomainNet, the
+captioner (tiny BLIP instead of tiny BLIP-2, so that both backends run through the stages). Layouts,
+set names, methods and every other key are the preset's own.
 """
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from fixtures_captioners import build_tiny_blip2
+from fixtures_captioners import build_tiny_blip, build_tiny_blip2
 from fixtures_layouts import make_preset_tree
 from helpers import TEST_MODEL_CONFIGS, make_tiny_checkpoint
 
@@ -44,7 +45,7 @@ def test_presets_are_complete_params_files():
         assert "ASSUMPTION" in text and f"cp presets/{name}.yaml params.yaml" in text
 
 
-def _project(root: Path, preset: str, fixtures: Path, ckpt: Path, blip2: Path) -> dict:
+def _project(root: Path, preset: str, fixtures: Path, ckpt: Path, blip2: Path, blip: Path) -> dict:
     for rel in ("pipeline", "stages", ".dvc"):
         shutil.copytree(REPO / rel, root / rel, ignore=shutil.ignore_patterns("__pycache__", "tmp", "cache"))
     for rel in ("dvc.yaml", ".dvcignore"):
@@ -53,7 +54,9 @@ def _project(root: Path, preset: str, fixtures: Path, ckpt: Path, blip2: Path) -
     local = params["data"]["local"]
     local.update(root=str(fixtures), heldout_pairs=5, templates="simple_imagenet", val_fraction=0.25)
     params["align"]["model"] = f"tiny-clip:{ckpt}"
-    params["caption"].update(model_path=str(blip2), batch_size=4, max_new_tokens=5)
+    params["caption"].update(model_path=str(blip2 if preset == "imagenet" else blip), batch_size=4, max_new_tokens=5)
+    if preset != "imagenet":
+        params["caption"]["backend"] = "blip"
     params["embed_corpus"].update(batch_size=16, num_workers=0)
     params["retrieve"].update(k_per_class=2, current_memory_available="2G", max_index_memory_usage="1G")
     params["train"].update(steps=2, batch_size=4, anchor_batch_size=4, warmup_steps=1, eval_every=1, shuffle_buffer=50)
@@ -71,7 +74,7 @@ def _project(root: Path, preset: str, fixtures: Path, ckpt: Path, blip2: Path) -
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("models")
-    return make_tiny_checkpoint(tmp)[1], build_tiny_blip2(tmp / "blip2")
+    return make_tiny_checkpoint(tmp)[1], build_tiny_blip2(tmp / "blip2"), build_tiny_blip(tmp / "blip")
 
 
 @pytest.mark.parametrize("preset", ["imagenet", "domainnet"])

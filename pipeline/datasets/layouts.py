@@ -324,6 +324,29 @@ def coop_split(name: str, path: Path, split_file: str, images: str, split: str =
     return _files_set(name, image_dir, items, [names[y] for y in range(len(names))])
 
 
+@register_layout("fgvc_aircraft")
+def fgvc_aircraft(name: str, path: Path, split: str = "test") -> LabelledSet:
+    """FGVC-Aircraft as released (PATH = fgvc-aircraft-2013b/data): images/<id>.jpg, variants.txt (the 100 classes) and images_variant_SPLIT.txt ('<id> <variant>' per line); CoOp reads it this way too."""
+    variants_file, split_file = path / "variants.txt", path / f"images_variant_{split}.txt"
+    for f in (variants_file, split_file):
+        if not f.is_file():
+            raise LayoutError(f"{f}: not found; expected FGVC-Aircraft's data folder (variants.txt, images_variant_{split}.txt, images/)")
+    classnames = [v.strip() for v in variants_file.read_text().splitlines() if v.strip()]
+    index = {c: i for i, c in enumerate(classnames)}
+    items = []
+    for line_no, line in enumerate(split_file.read_text().splitlines(), start=1):
+        if not line.strip():
+            continue
+        image_id, _, variant = line.strip().partition(" ")
+        if variant not in index:
+            raise LayoutError(f"{split_file}:{line_no}: variant {variant!r} is not in variants.txt")
+        items.append((f"images/{image_id}.jpg", index[variant], None))
+    missing = next((rel for rel, _, _ in items if not (path / rel).is_file()), None)
+    if missing is not None:
+        raise LayoutError(f"{path / missing}: listed in {split_file.name} but not found")
+    return _files_set(name, path, items, classnames)
+
+
 @register_layout("clip_benchmark_wds")
 def clip_benchmark_wds(name: str, path: Path, split: str = "test") -> LabelledSet:
     """A CLIP_benchmark webdataset export: PATH/{classnames.txt, zeroshot_classification_templates.txt, SPLIT/{0..N-1}.tar}, labels in .cls."""

@@ -60,6 +60,12 @@ def test_objectnet_mapping_against_hand_checked_case(fx):
     assert ls.classnames == ["alarm clock", "banana"]
     assert ls.projection.map == [[1, 6], [9]]
     assert sorted({y for _, y in labels_of(ls)}) == [0, 1] and ls.size == 6  # bench (unmapped) left out
+    import io
+
+    from PIL import Image
+
+    sample = next(ls.samples())
+    assert sample.ext == "png" and Image.open(io.BytesIO(sample.read())).size == (20, 20)  # 24 px less 2 a side
     from pipeline.evaluate import EvalSet
 
     es = EvalSet("o", Path("."), ls.classnames, ["{c}"], torch.zeros(2, 3, 1, 1), torch.tensor([0, 1]),

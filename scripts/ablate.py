@@ -94,7 +94,7 @@ def table(runs: list[tuple[str, list[str]]], found: dict[str, dict]) -> str:
             missing.append(name)
             continue
         row = exp["metrics"]["methods"]["arf"]
-        seeds = exp["metrics"].get("seeds", seeds)
+        seeds = exp["params"].get("sweep", {}).get("seeds", seeds)
         label = ", ".join(overrides) or "defaults (params.yaml)"
         lines.append(f"| {label} | " + " | ".join(f"{row[k]:.1f}" if k in row else "–" for k, _ in COLUMNS) + " |")
     note = (f"\n\nNot run yet: {', '.join(missing)}." if missing else "")

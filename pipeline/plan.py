@@ -34,6 +34,7 @@ class Need:
     found: bool
     samples: int | None = None
     counted: bool = False  # False: the published size
+    classes: int | None = None  # when the set was found
 
 
 @dataclass
@@ -65,7 +66,7 @@ def _dataset_need(name: str, spec: dict, root: Path | None, preset: str | None, 
     try:
         ls = read_layout(name, spec, root)
         n = ls.size if ls.size is not None else _published(preset, name, sizes)
-        return Need(name, str(path), layout, True, n, ls.size is not None)
+        return Need(name, str(path), layout, True, n, ls.size is not None, len(ls.classnames))
     except LayoutError as e:
         return Need(name, str(path), f"{layout}: {e}", False, _published(preset, name, sizes))
 
@@ -153,8 +154,7 @@ def make_plan(params_path: Path, preset: str | None = None, costs_path: Path = P
     plans.append(StagePlan("caption", [cap_need], flops=(cap_cost["caption_flops"] * n_ft * cap.num_captions) if cap_cost else 0.0,
                            tflops=caption_tflops, ram=f"{cap_cost['params'] * 2 / 1e9:.1f} GB GPU (bf16 weights)" if cap_cost else "",
                            note="" if cap_cost else f"no counted cost for backend {cap.backend}"))
-    n_classes = (len(read_layout("finetune", local.finetune, root).classnames) if ft.found
-                 else sizes.get(preset or "", {}).get("classes", 1000))
+    n_classes = ft.classes or sizes.get(preset or "", {}).get("classes", 1000)
     templates = len(local.template_list())
     plans.append(stage("embed_prompts", [], flops=n_classes * templates * c["text_forward_flops"]))
     r = p["retrieve"]

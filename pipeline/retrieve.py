@@ -190,7 +190,7 @@ def _wds_key(member: str) -> tuple[str, str]:
     return (os.path.join(d, stem) if d else stem), ext
 
 
-def _shard_samples(urls: Sequence[str]) -> tuple[dict[str, set[str]], list[str]]:
+def shard_members(urls: Sequence[str]) -> tuple[dict[str, set[str]], list[str]]:
     """key -> member extensions for every sample of the shards (tar headers only), and unreadable shards."""
     members: dict[str, set[str]] = {}
     broken = []
@@ -305,7 +305,7 @@ def embed_corpus(
     urls = info.urls
     if not urls:
         raise ValueError(f"{corpus_dir}: sizes.json lists no shards")
-    members, broken = _shard_samples(urls)
+    members, broken = shard_members(urls)
     image_key = _image_key(members)
     n_expected = info.num_samples
     # clip-retrieval splits shards round-robin over output partitions; more partitions than shards

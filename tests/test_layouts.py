@@ -222,3 +222,15 @@ def test_large_eval_sets_stream_and_score_the_same(fx, tmp_path, monkeypatch):
     a = ev.image_features(lm.model, cached.images, batch_size=5)
     b = ev.image_features(lm.model, ev.ImageStream(streamed.images.shards, streamed.images.keys, lm.preprocess, 5))
     assert torch.allclose(a, b, atol=1e-6)
+
+
+def test_corpus_shards_count_samples_without_stats_files(tmp_path):
+    from fixtures_layouts import make_img2dataset_corpus
+
+    from pipeline.datasets.local import corpus_shards
+
+    corpus = make_img2dataset_corpus(tmp_path, shards=2, per_shard=7)
+    with_stats = corpus_shards(corpus)
+    for f in corpus.glob("*_stats.json"):
+        f.unlink()
+    assert corpus_shards(corpus) == with_stats and sorted(with_stats.values()) == [7, 7]  # jpg + txt + json = 1 sample

@@ -123,11 +123,29 @@ def _image_files(folder: Path) -> list[str]:
 
 
 def _files_set(name: str, root: Path, items: list[tuple[str, int, str | None]], classnames: list[str],
-               **kwargs) -> LabelledSet:
+               listed_in: Path | None = None, **kwargs) -> LabelledSet:
+    """A set of image files under root. Items read from a listing file (`listed_in`) are checked to
+    exist, so a stale listing fails here, naming the first missing image, not mid-import."""
     if not items:
         raise LayoutError(f"{root}: no images found for {name}")
+    if listed_in is not None:
+        missing = next((rel for rel, _, _ in items if not (root / rel).is_file()), None)
+        if missing is not None:
+            raise LayoutError(f"image {root / missing} not found (listed in {listed_in})")
     return LabelledSet(name=name, root=root, classnames=classnames, size=len(items),
                        samples=lambda: (_file_sample(name, root, rel, y, c) for rel, y, c in items), **kwargs)
+
+
+def _name_label(names: dict[int, str], y: int, name: str, where: str) -> None:
+    """Record class `name` for label y; a listing that gives one label two names is refused."""
+    if names.setdefault(y, name) != name:
+        raise LayoutError(f"{where}: label {y} is {names[y]!r} elsewhere, {name!r} here")
+
+
+def _names_in_label_order(names: dict[int, str], where: str) -> list[str]:
+    if sorted(names) != list(range(len(names))):
+        raise LayoutError(f"{where}: labels are not 0..{len(names) - 1}")
+    return [names[y] for y in range(len(names))]
 
 
 def _subfolders(path: Path) -> list[str]:
@@ -189,10 +207,7 @@ def csv_table(name: str, path: Path, classnames: list[str] | None = None) -> Lab
         if r["label"] not in index:
             raise LayoutError(f"{path}:{line}: label {r['label']!r} is not one of the {len(names)} classnames")
         items.append((r["path"], index[r["label"]], r.get("caption") or None))
-    missing = next((rel for rel, _, _ in items if not (path.parent / rel).is_file()), None)
-    if missing is not None:
-        raise LayoutError(f"{path}: image {path.parent / missing} not found")
-    return _files_set(name, path.parent, items, names)
+    return _files_set(name, path.parent, items, names, listed_in=path)
 
 
 @register_layout("imagenet")
@@ -303,15 +318,10 @@ def domainnet(name: str, path: Path, domain: str, split: str = "test") -> Labell
         parts = rel.split("/")
         if len(parts) != 3:
             raise LayoutError(f"{split_file}:{line_no}: expected '<domain>/<class>/<file> <label>', got {line!r}")
-        if names.setdefault(y, parts[1]) != parts[1]:
-            raise LayoutError(f"{split_file}:{line_no}: label {y} is {names[y]!r} elsewhere, {parts[1]!r} here")
+        _name_label(names, y, parts[1], f"{split_file}:{line_no}")
         items.append((rel, y, None))
-    if sorted(names) != list(range(len(names))):
-        raise LayoutError(f"{split_file}: labels are not 0..{len(names) - 1}")
-    missing = next((rel for rel, _, _ in items if not (path / rel).is_file()), None)
-    if missing is not None:
-        raise LayoutError(f"{path / missing}: listed in {split_file.name} but not found")
-    return _files_set(name, path, items, [names[y].replace("_", " ") for y in range(len(names))])
+    classnames = [c.replace("_", " ") for c in _names_in_label_order(names, str(split_file))]
+    return _files_set(name, path, items, classnames, listed_in=split_file)
 
 
 @register_layout("coop_split")
@@ -332,15 +342,10 @@ def coop_split(name: str, path: Path, split_file: str, images: str, split: str =
             y = int(y)
         except (TypeError, ValueError):
             raise LayoutError(f"{split_path}: {split}[{i}]: expected [path, label, classname], got {entry!r}") from None
-        if names.setdefault(y, cname) != cname:
-            raise LayoutError(f"{split_path}: {split}[{i}]: label {y} is {names[y]!r} elsewhere, {cname!r} here")
+        _name_label(names, y, cname, f"{split_path}: {split}[{i}]")
         items.append((rel, y, None))
-    if sorted(names) != list(range(len(names))):
-        raise LayoutError(f"{split_path}: {split} labels are not 0..{len(names) - 1}")
-    missing = next((rel for rel, _, _ in items if not (image_dir / rel).is_file()), None)
-    if missing is not None:
-        raise LayoutError(f"{image_dir / missing}: listed in {split_file} but not found")
-    return _files_set(name, image_dir, items, [names[y] for y in range(len(names))])
+    classnames = _names_in_label_order(names, f"{split_path}: {split}")
+    return _files_set(name, image_dir, items, classnames, listed_in=split_path)
 
 
 @register_layout("fgvc_aircraft")
@@ -360,10 +365,7 @@ def fgvc_aircraft(name: str, path: Path, split: str = "test") -> LabelledSet:
         if variant not in index:
             raise LayoutError(f"{split_file}:{line_no}: variant {variant!r} is not in variants.txt")
         items.append((f"images/{image_id}.jpg", index[variant], None))
-    missing = next((rel for rel, _, _ in items if not (path / rel).is_file()), None)
-    if missing is not None:
-        raise LayoutError(f"{path / missing}: listed in {split_file.name} but not found")
-    return _files_set(name, path, items, classnames)
+    return _files_set(name, path, items, classnames, listed_in=split_file)
 
 
 @register_layout("clip_benchmark_wds")

@@ -109,22 +109,19 @@ def corpus_shards(folder: Path) -> dict[str, int]:
     tars = sorted(folder.glob("*.tar"))
     if not tars:
         raise LayoutError(f"{folder}: no .tar shards; expected an img2dataset output folder ({{00000..}}.tar with .jpg and .txt)")
+    from ..retrieve import shard_members  # webdataset's key split, as clip-retrieval will read them
+
     sizes = {}
     for tar in tars:
         stats = tar.with_name(f"{tar.stem}_stats.json")
         if stats.is_file():
             sizes[str(tar.resolve())] = int(json.loads(stats.read_text())["successes"])
         else:
-            keys = {m.rsplit(".", 1)[0] for m in _tar_members(tar)}
-            sizes[str(tar.resolve())] = len(keys)
+            members, broken = shard_members([str(tar)])
+            if broken:
+                raise LayoutError(f"{tar}: unreadable shard ({broken[0]})")
+            sizes[str(tar.resolve())] = len(members)
     return sizes
-
-
-def _tar_members(tar: Path) -> list[str]:
-    import tarfile
-
-    with tarfile.open(tar) as t:
-        return [m.name for m in t.getmembers() if m.isfile()]
 
 
 def _heldout_pairs(tar: str, n: int, skips: SkipCounter) -> list[dict]:

@@ -54,7 +54,7 @@ def _text_pooled_features(model, tokens):
 def corpus_features(model, preprocess, tokenizer, corpus_dir: Path, batch_size: int):
     """Frozen-tower features of every corpus pair: (image feats, text feats, captions, skip report)."""
     skips = SkipCounter()
-    keys, captions, images = [], [], []
+    keys, captions = [], []
     total = read_shard_info(corpus_dir).num_samples
 
     def images_iter():

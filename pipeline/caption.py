@@ -112,7 +112,7 @@ def caption_finetune_set(finetune_dir: Path, out_path: Path, params: CaptionPara
     crash, keyed by the params that made it), ranks of a torchrun job taking every world-th shard;
     rank 0 joins the parts in shard order, so the output is the same for any number of processes.
     """
-    from .train import Dist
+    from .distributed import Dist
 
     skips = SkipCounter()
     if params.backend == "classname":

@@ -115,11 +115,12 @@ def embed_corpus(corpus: Path = typer.Option(Path("data/corpus")), base: Path = 
     from .retrieve import embed_corpus as run_embed
 
     p, t = _params(params, "embed_corpus"), time.time()
-    report = run_embed(corpus, model_dir_spec(base), out, batch_size=p.batch_size, num_workers=p.num_workers)
+    report = run_embed(corpus, model_dir_spec(base), out, batch_size=p.batch_size, num_workers=p.num_workers,
+                       distribution=p.distribution, spark_master=p.spark_master, partitions=p.partitions)
     for s in report["skipped_samples"][:20]:
         typer.echo(f"skipped {s['key']}: {s['reason']}")
-    keep = ("samples_expected", "samples_embedded", "skipped", "dim", "samples_per_s", "steady_samples_per_s",
-            "duplicate_keys", "unreadable_shards")
+    keep = ("samples_expected", "samples_embedded", "skipped", "dim", "partitions", "distribution", "samples_per_s",
+            "steady_samples_per_s", "duplicate_keys", "unreadable_shards")
     _report("embed-corpus", t, {k: report[k] for k in keep if k in report})
 
 
@@ -156,7 +157,7 @@ def caption(finetune: Path = typer.Option(Path("data/benchmark/finetune")),
     """Caption the finetune images (backends: nn, blip, blip2, classname)."""
     from .caption import caption_finetune_set
     from .models import model_dir_spec
-    from .train import relaunch_under_torchrun
+    from .distributed import relaunch_under_torchrun
 
     p, t = _params(params, "caption"), time.time()
     relaunch_under_torchrun(p.nproc_per_node, sys.argv)
@@ -208,7 +209,8 @@ def train(method: str = typer.Argument(..., help="a registered method (arf list)
     """Finetune the base model with one method on the packed shards."""
     from .methods import get_method
     from .models import model_dir_spec
-    from .train import relaunch_under_torchrun, train as run_train
+    from .distributed import relaunch_under_torchrun
+    from .train import train as run_train
 
     p, t = _params(params, "train"), time.time()
     relaunch_under_torchrun(p.nproc_per_node, sys.argv)
@@ -234,9 +236,11 @@ def evaluate(model: Path = typer.Argument(..., help="model folder (the base fold
              tag: list[str] = typer.Option([], help="KEY=VALUE written into every record (e.g. method=arf)"),
              params: Path = PARAMS) -> None:
     """Score a model along its WiSE-FT curve on every eval set, ID val and held-out corpus pairs."""
+    from .distributed import relaunch_under_torchrun
     from .wise import evaluate_wise
 
     p, t = _params(params, "evaluate"), time.time()
+    relaunch_under_torchrun(p.nproc_per_node, sys.argv)
     grid = [float(a) for a in alphas.split(",")] if alphas else p.wise_alphas
     tags = {}
     for item in tag:

@@ -5,7 +5,7 @@ import json
 import os
 from itertools import islice
 from pathlib import Path
-from typing import Callable, Iterable, Iterator
+from typing import TYPE_CHECKING, Callable, Iterable, Iterator
 
 import numpy as np
 import torch
@@ -13,6 +13,9 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from .shards import SkipCounter, decode_image, iter_samples, sample_image_bytes
+
+if TYPE_CHECKING:
+    from PIL.Image import Image
 
 
 def model_device(model) -> torch.device:
@@ -25,11 +28,19 @@ def batched(iterable: Iterable, n: int) -> Iterator[list]:
         yield batch
 
 
-def iter_shard_images(root: str | os.PathLike, skips: SkipCounter | None = None,
-                      urls: list[str] | None = None) -> Iterator[tuple[str, "Image", dict]]:
-    """(key, RGB image, sample) for each decodable sample; undecodable ones are skipped and counted."""
+def iter_shard_images(root: str | os.PathLike, skips: SkipCounter | None = None, urls: list[str] | None = None,
+                      part: tuple[int, int] = (0, 1)) -> Iterator[tuple[str, "Image", dict]]:
+    """(key, RGB image, sample) for each decodable sample; undecodable ones are skipped and counted.
+
+    `part=(i, n)` keeps every n-th sample from the i-th, before decoding (one rank's share), and
+    `sample["__index__"]` is the sample's position in the whole stream.
+    """
     skips = skips if skips is not None else SkipCounter()
-    for sample in iter_samples(root, skips, urls):
+    rank, world = part
+    for index, sample in enumerate(iter_samples(root, skips, urls)):
+        if index % world != rank:
+            continue
+        sample["__index__"] = index
         key = sample["__key__"]
         try:
             _, data = sample_image_bytes(sample)

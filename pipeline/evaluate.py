@@ -17,6 +17,7 @@ from typing import Iterator
 import torch
 import torch.nn.functional as F
 
+from .distributed import Dist
 from .embed import iter_shard_images
 from .shards import SkipCounter
 
@@ -30,6 +31,9 @@ class EvalSet:
     templates: list[str]
     images: "torch.Tensor | ImageStream"  # preprocessed N x 3 x H x W, or streamed batches for large sets
     labels: torch.Tensor
+    # Under torchrun each rank holds every world-th image (`images`, at these positions in the set);
+    # `labels` are the whole set's, and `Dist.gather_in_order` puts the image features back together.
+    positions: torch.Tensor | None = None
     # Sets over a subset or a grouping of another label space (ImageNet-A/R, ObjectNet): the classifier
     # is built over `projection["classnames"]` and eval class i scores the max of its columns map[i].
     projection: dict | None = None
@@ -44,11 +48,11 @@ class EvalSet:
         return torch.stack([logits[:, cols].amax(1) for cols in self.projection["map"]], dim=1)
 
 
-def read_eval_set(root: Path, preprocess) -> EvalSet:
+def read_eval_set(root: Path, preprocess, dist: Dist = Dist()) -> EvalSet:
     """Load a CLIP_benchmark-style classification set: test shards, classnames.txt, templates."""
     classnames = (root / "classnames.txt").read_text().splitlines()
     templates = [t for t in (root / "zeroshot_classification_templates.txt").read_text().splitlines() if t.strip()]
-    es = read_labelled_shards(root / "test", root.name, classnames, templates, preprocess)
+    es = read_labelled_shards(root / "test", root.name, classnames, templates, preprocess, dist)
     if (root / "projection.json").is_file():
         es.projection = read_projection(root / "projection.json", len(classnames))
     return es
@@ -73,15 +77,15 @@ class ImageStream:
     """Preprocessed images of a shard folder, batch by batch, re-read on every iteration; only the
     keys found readable (and labelled) on the first pass are yielded, so labels stay aligned."""
 
-    def __init__(self, shards: Path, keys: list[str], preprocess, batch_size: int = 256):
-        self.shards, self.keys, self.preprocess, self.batch_size = shards, keys, preprocess, batch_size
+    def __init__(self, shards: Path, keys: list[str], preprocess, batch_size: int = 256, part: tuple[int, int] = (0, 1)):
+        self.shards, self.keys, self.preprocess, self.batch_size, self.part = shards, keys, preprocess, batch_size, part
 
     def __len__(self) -> int:
         return len(self.keys)
 
     def __iter__(self) -> Iterator[torch.Tensor]:
         wanted, n, batch = set(self.keys), 0, []
-        for key, image, _ in iter_shard_images(self.shards):
+        for key, image, _ in iter_shard_images(self.shards, part=self.part):
             if key not in wanted:
                 continue
             batch.append(self.preprocess(image))
@@ -95,11 +99,14 @@ class ImageStream:
             raise RuntimeError(f"{self.shards}: {n} images read, {len(self.keys)} on the first pass (changed on disk?)")
 
 
-def read_labelled_shards(shards: Path, name: str, classnames: list[str], templates: list[str], preprocess) -> EvalSet:
-    """Images with integer `.cls` labels from a shard folder; unreadable samples are skipped and counted."""
+def read_labelled_shards(shards: Path, name: str, classnames: list[str], templates: list[str], preprocess,
+                         dist: Dist = Dist()) -> EvalSet:
+    """Images with integer `.cls` labels from a shard folder; unreadable samples are skipped and counted.
+    Under torchrun each rank decodes only its share of the images (see `EvalSet.positions`)."""
     skips = SkipCounter()
-    images, labels, keys, pixel_bytes = [], [], [], 0
-    for key, image, sample in iter_shard_images(shards, skips):
+    part = (dist.rank, dist.world)
+    images, labels, keys, positions, pixel_bytes = [], [], [], [], 0
+    for key, image, sample in iter_shard_images(shards, skips, part=part):
         try:
             label = int(sample["cls"])
         except (KeyError, ValueError):
@@ -113,19 +120,25 @@ def read_labelled_shards(shards: Path, name: str, classnames: list[str], templat
                 images = None  # too large to keep: stream it instead
         labels.append(label)
         keys.append(key)
+        positions.append(sample["__index__"])
     if skips.skipped:
         log.warning(skips.report(str(shards)))
-    if not labels:
+    positions = torch.tensor(positions, dtype=torch.long)
+    all_labels = dist.gather_in_order(positions, torch.tensor(labels, dtype=torch.long))
+    if not len(all_labels):
         raise ValueError(f"{shards}: no readable samples")
-    pixels = torch.stack(images) if images is not None else ImageStream(shards, keys, preprocess)
-    return EvalSet(name, shards, classnames, templates, pixels, torch.tensor(labels))
+    if images is None:
+        pixels = ImageStream(shards, keys, preprocess, part=part)
+    else:  # a rank may hold no image of a small set
+        pixels = torch.stack(images) if images else torch.zeros(0)
+    return EvalSet(name, shards, classnames, templates, pixels, all_labels, positions=positions)
 
 
-def read_eval_sets(eval_root: Path, preprocess) -> list[EvalSet]:
+def read_eval_sets(eval_root: Path, preprocess, dist: Dist = Dist()) -> list[EvalSet]:
     roots = sorted(p for p in Path(eval_root).iterdir() if (p / "classnames.txt").is_file()) if Path(eval_root).is_dir() else []
     if not roots:
         raise FileNotFoundError(f"{eval_root}: no eval sets (folders with classnames.txt and test/ shards)")
-    return [read_eval_set(r, preprocess) for r in roots]
+    return [read_eval_set(r, preprocess, dist) for r in roots]
 
 
 @torch.inference_mode()
@@ -137,8 +150,9 @@ def image_features(model, images: "torch.Tensor | ImageStream", batch_size: int 
     batches = (images[i:i + batch_size] for i in range(0, len(images), batch_size)) \
         if isinstance(images, torch.Tensor) else iter(images)
     device = next(model.parameters()).device
-    return torch.cat([F.normalize(model.encode_image(b.to(device).contiguous(memory_format=torch.channels_last)), dim=-1)
-                      for b in batches])
+    feats = [F.normalize(model.encode_image(b.to(device).contiguous(memory_format=torch.channels_last)), dim=-1)
+             for b in batches]
+    return torch.cat(feats) if feats else torch.zeros(0, device=device)  # (no rows: torch.cat skips it)
 
 
 def classification_metrics(logits: torch.Tensor, labels: torch.Tensor) -> dict:

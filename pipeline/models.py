@@ -74,6 +74,14 @@ def _resolve(obj):
     return obj
 
 
+_CONFIG_FOLDERS: list[Path] = []  # every folder registered in this process, in order
+
+
+def registered_config_folders() -> list[Path]:
+    """The config folders this process has registered: what another process needs to build the same models."""
+    return list(_CONFIG_FOLDERS)
+
+
 def register_model_configs(folder: Path = CONFIG_DIR) -> None:
     """Make our JSON configs known to open_clip in this process (idempotent). With the default
     folder, the folders listed in $ARF_MODEL_CONFIGS (os.pathsep-separated) are registered too: a
@@ -91,6 +99,8 @@ def register_model_configs(folder: Path = CONFIG_DIR) -> None:
             cfg = json.loads(path.read_text())
             _PREPROCESS[path.stem] = cfg.pop("preprocess_cfg", {})
             open_clip.factory._MODEL_CONFIGS[path.stem] = _resolve(cfg)
+        if f.resolve() not in _CONFIG_FOLDERS:
+            _CONFIG_FOLDERS.append(f.resolve())
     if folder == CONFIG_DIR:
         _REGISTERED = True
 

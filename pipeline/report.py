@@ -166,7 +166,7 @@ def render_plots(summary: dict, out_dir: Path) -> list[Path]:
         ax.plot(base["id"]["mean"], base[y]["mean"], "k*", ms=14, label="zero-shot (α = 0)")
         ax.set_xlabel("ID accuracy (%)")
         ax.set_ylabel(f"{label} accuracy (%)")
-        ax.set_title(f"WiSE-FT curves (α = 0 … 1; large dot α = 1, star = α chosen on ID val)", fontsize=9)
+        ax.set_title("WiSE-FT curves (α = 0 … 1; large dot α = 1, star = α chosen on ID val)", fontsize=9)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
         fig.tight_layout()

@@ -23,6 +23,7 @@ import math
 import os
 import re
 import shutil
+import sys
 import tarfile
 import time
 from collections import Counter
@@ -39,6 +40,7 @@ from .shards import IMAGE_EXTS, decode_image, flatten_on_white, read_shard_info
 log = logging.getLogger(__name__)
 
 TARGETS = ("image", "text")
+DISTRIBUTIONS = ("sequential", "pyspark")
 EMB_SUBDIR = {"image": "img_emb", "text": "text_emb"}
 EMBED_REPORT = "embed_report.json"
 INDEX_REPORT = "index_report.json"
@@ -57,6 +59,14 @@ class EmbedCorpusParams:
 
     batch_size: int = field(default=64, metadata={"gt": 0})
     num_workers: int = field(default=0, metadata={"min": 0})  # DataLoader workers for decoding
+    # clip-retrieval's distribution: `sequential` (this process) or `pyspark` (one Spark task per
+    # output partition, on the Spark master below).
+    distribution: str = field(default="sequential", metadata={"choices": DISTRIBUTIONS})
+    # pyspark only: `local[N]`, `spark://HOST:7077`, `yarn`...; null: spark-submit's or spark-defaults.conf's
+    spark_master: str | None = "local[2]"
+    # output partitions = tasks; null: one per million samples, and under pyspark at least one per Spark
+    # core (never more than there are shards)
+    partitions: int | None = field(default=None, metadata={"gt": 0})
 
 
 @register_params("retrieve")
@@ -142,6 +152,91 @@ def _all_clip_uses_our_models():
         registry.update(saved)
         ac.load_clip.cache_clear()
         ac.load_clip_without_warmup.cache_clear()
+
+
+def _install_loader_in_worker(spec: str, config_folders: list[str]) -> str:
+    """Run where a Spark task unpickles the model spec: our configs and all_clip loader, for this process."""
+    import all_clip.main as ac
+
+    from .models import register_model_configs
+
+    register_model_configs()
+    for folder in config_folders:
+        register_model_configs(Path(folder))
+    if ALL_CLIP_PREFIX not in ac._CLIP_REGISTRY:
+        saved = dict(ac._CLIP_REGISTRY)
+        ac._CLIP_REGISTRY.clear()
+        ac._CLIP_REGISTRY[ALL_CLIP_PREFIX] = _load_for_all_clip
+        ac._CLIP_REGISTRY.update(saved)
+    ac.load_clip.cache_clear()  # a Python worker runs many tasks; a checkpoint may change between runs
+    ac.load_clip_without_warmup.cache_clear()
+    return spec
+
+
+class _SpecThatInstallsLoader(str):
+    """The `clip_model` string handed to clip-retrieval's pyspark distributor.
+
+    Spark runs each task in a fresh Python worker, where all_clip's registry holds only its own loaders
+    (`_all_clip_uses_our_models` patches the driver's). The distributor pickles its worker arguments
+    into every task, and the model spec is the one value of ours among them: unpickling this string
+    registers our config folders (the driver's, so custom and test architectures work too) and our
+    loader in the worker, then it reads as a plain string. all_clip has no plugin mechanism to use
+    instead; Spark's `spark.python.worker.module` would be one, but only for sessions we configure.
+    """
+
+    def __new__(cls, spec: str, config_folders: list[str]):
+        obj = super().__new__(cls, spec)
+        obj.config_folders = config_folders
+        return obj
+
+    def __reduce__(self):
+        return _install_loader_in_worker, (str(self), self.config_folders)
+
+
+@contextlib.contextmanager
+def _spark_session(master: str | None):
+    """The active Spark session (spark-submit's), or a new one on `master` stopped on exit.
+
+    Workers are started with this interpreter unless $PYSPARK_PYTHON names another, so that they import
+    the same packages (`pipeline` included); on a cluster, that path must hold the same environment on
+    every worker node.
+    """
+    try:
+        from pyspark.errors import PySparkException
+        from pyspark.sql import SparkSession
+    except ImportError:
+        raise RuntimeError("embed_corpus.distribution: pyspark needs the pyspark package "
+                           "(pip install 'pyspark>=3.5,<5') and Java 17") from None
+    active = SparkSession.getActiveSession()
+    spark = active or _start_spark(SparkSession, master)
+    try:
+        yield spark
+    except PySparkException as e:  # its message is the JVM's and the worker's stack traces
+        raise RuntimeError(f"embed_corpus: a Spark task failed: {_python_error_line(str(e))}") from None
+    finally:
+        if active is None:
+            spark.stop()
+
+
+def _start_spark(SparkSession, master: str | None):
+    # pyspark reads the workers' interpreter from $PYSPARK_PYTHON only (else "python3" on PATH)
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    builder = SparkSession.builder.appName("arf-embed-corpus").config("spark.ui.enabled", "false")
+    if master:
+        builder = builder.master(master)
+    try:
+        spark = builder.getOrCreate()
+    except Exception as e:  # pyspark raises a bare PySparkRuntimeError when the JVM does not start
+        raise RuntimeError(f"embed_corpus.distribution: pyspark could not start Spark on {master!r} "
+                           f"(Java 17+ on PATH or JAVA_HOME?): {str(e).splitlines()[0]}") from None
+    spark.sparkContext.setLogLevel("WARN")
+    return spark
+
+
+def _python_error_line(text: str) -> str:
+    """The last `module.Error: message` line of a Python traceback quoted inside `text`."""
+    lines = [ln.strip() for ln in text.splitlines() if re.match(r"^[A-Za-z_][\w.]*: \S", ln)]
+    return lines[-1] if lines else text.strip().splitlines()[0]
 
 
 @contextlib.contextmanager
@@ -282,6 +377,9 @@ def embed_corpus(
     out_dir: str | os.PathLike,
     batch_size: int = 64,
     num_workers: int = 0,
+    distribution: str = "sequential",
+    spark_master: str | None = "local[2]",
+    partitions: int | None = None,
     write_batch_size: int = 10**6,
 ) -> dict[str, Any]:
     """Embed a WebDataset corpus (KEY.png or KEY.jpg, KEY.txt, KEY.json) with clip-retrieval's inference.
@@ -290,12 +388,13 @@ def embed_corpus(
     from a custom config folder must already be registered (`register_model_configs(folder)`).
     Bad samples (undecodable image, missing member) are skipped by clip-retrieval's reader; they are
     counted and named in the returned report (also written as `embed_report.json`). The output folder
-    appears only when everything succeeded.
+    appears only when everything succeeded. `distribution="pyspark"` runs one Spark task per output
+    partition (see `EmbedCorpusParams`); the output folder must then be on storage every worker writes to.
     """
     # (`import clip_retrieval.clip_inference.main as m` fails: the package rebinds `main` to the function)
     from clip_retrieval.clip_inference.main import main as clip_inference
 
-    from .models import ModelSpec, portable_spec, register_model_configs
+    from .models import ModelSpec, portable_spec, register_model_configs, registered_config_folders
 
     register_model_configs()
     spec = ModelSpec.parse(model_spec)
@@ -308,12 +407,20 @@ def embed_corpus(
     members, broken = shard_members(urls)
     image_key = _image_key(members)
     n_expected = info.num_samples
-    # clip-retrieval splits shards round-robin over output partitions; more partitions than shards
-    # would only add empty ones.
-    n_parts = max(1, min(len(urls), math.ceil(n_expected / write_batch_size)))
+    if distribution not in DISTRIBUTIONS:
+        raise ValueError(f"distribution {distribution!r}: expected one of {DISTRIBUTIONS}")
+    clip_model = ALL_CLIP_PREFIX + str(spec)
     out_dir = Path(out_dir)
     t0 = time.perf_counter()
-    with atomic_dir(out_dir) as tmp, _all_clip_uses_our_models(), _reap_children_on_error():
+    spark = _spark_session(spark_master) if distribution == "pyspark" else contextlib.nullcontext()
+    with atomic_dir(out_dir) as tmp, _all_clip_uses_our_models(), _reap_children_on_error(), spark as session:
+        # clip-retrieval gives partition i every n-th shard, one task each: more partitions than shards
+        # would only add empty ones, and under Spark fewer than its cores would leave cores idle.
+        wanted = partitions or max(math.ceil(n_expected / write_batch_size),
+                                   session.sparkContext.defaultParallelism if session else 1)
+        n_parts = max(1, min(len(urls), wanted))
+        if session is not None:
+            clip_model = _SpecThatInstallsLoader(clip_model, [str(f) for f in registered_config_folders()])
         clip_inference(
             input_dataset=_shard_pattern(urls),
             output_folder=str(tmp),
@@ -325,9 +432,10 @@ def embed_corpus(
             enable_metadata=True,
             wds_image_key=image_key,
             wds_caption_key="txt",
-            clip_model=ALL_CLIP_PREFIX + str(spec),
+            clip_model=clip_model,
             use_jit=False,
             output_partition_count=n_parts,
+            distribution_strategy=distribution,
             enable_wandb=False,
         )
         seconds = time.perf_counter() - t0
@@ -361,6 +469,7 @@ def embed_corpus(
         }
         write_json(tmp / EMBED_REPORT, report)  # timings stay out of the output (see above)
         report |= {
+            "distribution": distribution if session is None else f"pyspark on {session.sparkContext.master}",
             "seconds": round(seconds, 2),
             "samples_per_s": round(len(meta) / seconds, 2) if seconds > 0 else None,
             # read + inference only (clip-retrieval's stats): without model loading, warm-up, start-up

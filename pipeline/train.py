@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import random
 from dataclasses import dataclass, field, make_dataclass
 from pathlib import Path
@@ -20,6 +19,7 @@ import torch.nn.functional as F
 import webdataset as wds
 from tqdm import tqdm
 
+from .distributed import Dist
 from .embed import batched, zeroshot_head
 from .methods import HEAD, IMAGE, TEXT, Step, get_method, list_methods
 from .models import create_model, freeze_batchnorm, portable_spec, write_model_dir
@@ -158,86 +158,6 @@ def set_trainable(model: torch.nn.Module, parts: frozenset[str]) -> list[torch.n
     return trained
 
 
-def relaunch_under_torchrun(nproc: int, argv: list[str]) -> None:
-    """Replace this process by `torchrun --standalone --nproc_per_node N <argv>`, unless it already
-    is one of torchrun's workers (or nproc is 1)."""
-    import sys
-
-    if nproc == 1 or "WORLD_SIZE" in os.environ:
-        return
-    args = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", *argv]
-    os.execv(sys.executable, args)
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
-@dataclass
-class Dist:
-    """This process's place in a torchrun job (rank 0 of 1 without one)."""
-
-    rank: int = 0
-    world: int = 1
-    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
-
-    @classmethod
-    def init(cls, device_name: str) -> "Dist":
-        world = int(os.environ.get("WORLD_SIZE", "1"))
-        if world == 1:
-            return cls(device=resolve_device(device_name))
-        import torch.distributed as dist
-
-        local = int(os.environ.get("LOCAL_RANK", "0"))
-        cuda = resolve_device(device_name).type == "cuda"
-        if not dist.is_initialized():
-            dist.init_process_group("nccl" if cuda else "gloo")
-        device = torch.device(f"cuda:{local}") if cuda else torch.device("cpu")
-        if cuda:
-            torch.cuda.set_device(device)
-        return cls(dist.get_rank(), dist.get_world_size(), device)
-
-    def share(self, n: int, what: str) -> int:
-        if n % self.world:
-            raise ValueError(f"train.{what}: {n} does not split over {self.world} ranks")
-        return n // self.world
-
-    def gather(self, x: torch.Tensor) -> torch.Tensor:
-        import torch.distributed.nn.functional as dnf
-
-        return torch.cat(dnf.all_gather(x))
-
-    def gather_objects(self, items: list) -> list:
-        import torch.distributed as dist
-
-        out = [None] * self.world
-        dist.all_gather_object(out, items)
-        return [x for part in out for x in part]
-
-    def mean(self, x: float) -> float:
-        import torch.distributed as dist
-
-        t = torch.tensor([x], dtype=torch.float64)
-        dist.all_reduce(t)
-        return t.item() / self.world
-
-    def average_gradients(self, params: list[torch.nn.Parameter]) -> None:
-        import torch.distributed as dist
-
-        for p in params:
-            if p.grad is not None:
-                dist.all_reduce(p.grad)
-                p.grad /= self.world
-
-    def barrier(self) -> None:
-        if self.world > 1:
-            import torch.distributed as dist
-
-            dist.barrier()
-
-
 def _fingerprint(method_name: str, seed: int, base_spec: str, params: TrainParams, method_params, shards_over: int) -> str:
     """What a resume state must match: the run it was saved from (same method, seed, base and params)."""
     from dataclasses import asdict
@@ -276,7 +196,7 @@ def train(method_name: str, packed_dir: Path, base_spec: str, out_dir: Path, par
     skips = SkipCounter()
     by_shard = dd.world > 1 and params.data_split == "shard"
     split = (dd.rank, dd.world) if by_shard else (0, 1)
-    b_ft, b_anchor = dd.share(params.batch_size, "batch_size"), dd.share(params.anchor_batch_size, "anchor_batch_size")
+    b_ft, b_anchor = dd.share(params.batch_size, "train.batch_size"), dd.share(params.anchor_batch_size, "train.anchor_batch_size")
     ft_data = SampleStream(packed_dir / "finetune", lm.preprocess, seed, params.shuffle_buffer, skips, *split)
     anchor_data = SampleStream(packed_dir / "anchors", lm.preprocess, seed + 1, params.shuffle_buffer, skips, *split) \
         if method.needs_anchors else None

@@ -24,7 +24,7 @@ from .embed import class_means, class_prompts, encode_texts, iter_shard_images
 from .evaluate import EvalSet, classification_metrics, image_features, read_eval_sets, read_labelled_shards
 from .losses import group_ids
 from .models import create_model, model_dir_spec, read_head, read_state_dict
-from .train import resolve_device
+from .distributed import Dist
 from .params import register_params
 from .shards import SkipCounter
 
@@ -37,6 +37,9 @@ class EvaluateParams:
     # alpha = 0 is the base model for every method, scored once as `zeroshot`.
     wise_alphas: list[float] = field(default_factory=lambda: [round(0.1 * i, 1) for i in range(1, 11)])
     device: str = "auto"  # CUDA when present, else CPU
+    # Processes on this machine: > 1 relaunches the evaluate command under torchrun (one per GPU),
+    # each encoding every N-th image of every set; rank 0 writes the records.
+    nproc_per_node: int = field(default=1, metadata={"gt": 0})
 
     def check(self, where: str) -> None:
         from .params import ParamsError
@@ -76,25 +79,29 @@ def changed_parts(base: dict[str, torch.Tensor], finetuned: dict[str, torch.Tens
 
 @dataclass
 class HeldoutPairs:
-    images: torch.Tensor
-    captions: list[str]
+    images: torch.Tensor  # this rank's share, at `positions` (see EvalSet)
+    captions: list[str]  # all of them
+    positions: torch.Tensor
 
 
-def read_heldout_pairs(root: Path, preprocess) -> HeldoutPairs:
+def read_heldout_pairs(root: Path, preprocess, dist: Dist = Dist()) -> HeldoutPairs:
     skips = SkipCounter()
-    images, captions = [], []
-    for key, image, sample in iter_shard_images(root, skips):
+    images, captions, positions = [], [], []
+    for key, image, sample in iter_shard_images(root, skips, part=(dist.rank, dist.world)):
         txt = sample.get("txt")
         if not txt:
             skips(ValueError(f"{root}: sample {key} has no .txt caption"))
             continue
         images.append(preprocess(image))
         captions.append(txt.decode("utf-8") if isinstance(txt, bytes) else txt)
+        positions.append(sample["__index__"])
     if skips.skipped:
         log.warning(skips.report(str(root)))
-    if not images:
+    positions = torch.tensor(positions, dtype=torch.long)
+    captions = dist.gather_in_order(positions, captions)
+    if not captions:
         raise ValueError(f"{root}: no readable image-caption pairs")
-    return HeldoutPairs(torch.stack(images), captions)
+    return HeldoutPairs(torch.stack(images) if images else torch.zeros(0), captions, positions)
 
 
 def retrieval_r1(image_emb: torch.Tensor, caption_emb: torch.Tensor, captions: list[str]) -> dict:
@@ -110,10 +117,11 @@ def retrieval_r1(image_emb: torch.Tensor, caption_emb: torch.Tensor, captions: l
 
 
 class Scorer:
-    """Scores one model (as its weights change along alpha) with per-tower caches."""
+    """Scores one model (as its weights change along alpha) with per-tower caches. Under torchrun each
+    rank encodes its share of the images and every rank gets all features; texts are encoded whole."""
 
-    def __init__(self, model, tokenizer, head: dict | None):
-        self.model, self.tokenizer, self.head = model, tokenizer, head
+    def __init__(self, model, tokenizer, head: dict | None, dist: Dist = Dist()):
+        self.model, self.tokenizer, self.head, self.dist = model, tokenizer, head, dist
         self._images: dict[str, torch.Tensor] = {}
         self._texts: dict[tuple, torch.Tensor] = {}
 
@@ -123,9 +131,9 @@ class Scorer:
         if "text" in parts:
             self._texts.clear()
 
-    def image_features(self, name: str, images: torch.Tensor) -> torch.Tensor:
+    def image_features(self, name: str, images, positions: torch.Tensor) -> torch.Tensor:
         if name not in self._images:
-            self._images[name] = image_features(self.model, images)
+            self._images[name] = self.dist.gather_in_order(positions, image_features(self.model, images))
         return self._images[name]
 
     def text_features(self, texts: tuple[str, ...]) -> torch.Tensor:
@@ -142,34 +150,37 @@ class Scorer:
         return class_means(self.text_features(prompts), len(classnames), len(es.templates))
 
     def logits(self, es: EvalSet, head_weight: torch.Tensor | None) -> torch.Tensor:
-        return es.project((self.image_features(es.name, es.images) @ self.classifier(es, head_weight).t()).cpu())
+        image_emb = self.image_features(es.name, es.images, es.positions)
+        return es.project((image_emb @ self.classifier(es, head_weight).t()).cpu())
 
     def classify(self, es: EvalSet, head_weight: torch.Tensor | None) -> dict:
         return classification_metrics(self.logits(es, head_weight), es.labels)
 
     def retention(self, pairs: HeldoutPairs) -> dict:
-        return retrieval_r1(self.image_features("__heldout__", pairs.images).cpu(),
+        return retrieval_r1(self.image_features("__heldout__", pairs.images, pairs.positions).cpu(),
                             self.text_features(tuple(pairs.captions)).cpu(), pairs.captions)
 
 
-def read_val_set(packed_dir: Path, preprocess) -> EvalSet:
+def read_val_set(packed_dir: Path, preprocess, dist: Dist = Dist()) -> EvalSet:
     """The ID validation split as packed for training, scored with the finetune classes and templates."""
     classes = json.loads((packed_dir / "classes.json").read_text())
-    return read_labelled_shards(packed_dir / "val", "id_val", classes["classnames"], classes["templates"], preprocess)
+    return read_labelled_shards(packed_dir / "val", "id_val", classes["classnames"], classes["templates"], preprocess, dist)
 
 
 def evaluate_wise(model_dir: Path, base_dir: Path, eval_root: Path, packed_dir: Path, heldout_dir: Path,
                   alphas: list[float], out_path: Path, tags: dict, device: str = "auto") -> list[dict]:
-    """Score theta(alpha) for each alpha; write one JSON line per (alpha, dataset), wise-ft style."""
-    device = resolve_device(device)
+    """Score theta(alpha) for each alpha; write one JSON line per (alpha, dataset), wise-ft style.
+    Under torchrun every rank scores, on the gathered features, and rank 0 writes."""
+    dd = Dist.init(device)
+    device = dd.device
     lm = create_model(model_dir_spec(base_dir), device=str(device))
     base = {k: v.clone() for k, v in lm.model.state_dict().items()}
     finetuned = read_state_dict(model_dir)
     head = read_head(model_dir)
     changed = changed_parts(base, finetuned)
-    sets = read_eval_sets(eval_root, lm.preprocess) + [read_val_set(packed_dir, lm.preprocess)]
-    pairs = read_heldout_pairs(heldout_dir, lm.preprocess)
-    scorer = Scorer(lm.model, lm.tokenizer, head)
+    sets = read_eval_sets(eval_root, lm.preprocess, dd) + [read_val_set(packed_dir, lm.preprocess, dd)]
+    pairs = read_heldout_pairs(heldout_dir, lm.preprocess, dd)
+    scorer = Scorer(lm.model, lm.tokenizer, head, dd)
     records = []
     for alpha in alphas:
         lm.model.load_state_dict(interpolate(base, finetuned, alpha))
@@ -181,9 +192,12 @@ def evaluate_wise(model_dir: Path, base_dir: Path, eval_root: Path, packed_dir: 
             records.append({**tags, "alpha": alpha, "dataset": es.name,
                             **{k: m[k] for k in ("acc1", "acc5", "mean_per_class_recall", "n")}})
         records.append({**tags, "alpha": alpha, "dataset": "corpus_heldout", **scorer.retention(pairs)})
-        log.info("alpha %.2f: %s", alpha, {r["dataset"]: round(r.get("acc1", r.get("i2t_r1")), 1)
-                                            for r in records if r["alpha"] == alpha})
-    with atomic_file(out_path) as f:
-        for r in records:
-            f.write(json.dumps(r) + "\n")
+        if dd.rank == 0:
+            log.info("alpha %.2f: %s", alpha, {r["dataset"]: round(r.get("acc1", r.get("i2t_r1")), 1)
+                                                for r in records if r["alpha"] == alpha})
+    if dd.rank == 0:
+        with atomic_file(out_path) as f:
+            for r in records:
+                f.write(json.dumps(r) + "\n")
+    dd.barrier()
     return records

@@ -6,7 +6,7 @@ cd "$(dirname "$0")/.."
 
 PY=${PYTHON:-python3}
 NPM_PACKAGES=(emoji-datasource-google@16.0.0 emoji-datasource-twitter@16.0.0 openmoji@17.0.0)
-DEB_PACKAGES=(tuxpaint-stamps-default openclipart-png libcairo2)
+DEB_PACKAGES=(tuxpaint-stamps-default openclipart-png libcairo2 openjdk-17-jre-headless)
 
 say() { printf '[setup] %s\n' "$*"; }
 
@@ -16,19 +16,20 @@ if [ ! -x .venv/bin/python ]; then
   say "creating .venv"
   "$PY" -m venv .venv
 fi
-if ! .venv/bin/python -c "import pipeline, open_clip, clip_retrieval, dvc, pytest" 2>/dev/null \
+if ! .venv/bin/python -c "import pipeline, open_clip, clip_retrieval, pyspark, dvc, pytest" 2>/dev/null \
    || [ pyproject.toml -nt .venv/.installed ]; then
   say "installing Python dependencies (first time: ~3 min)"
   log=$(mktemp)
   if ! .venv/bin/python -m pip install -e '.[test]' >"$log" 2>&1; then
     grep -v "^WARNING: Location" "$log" | tail -30; say "pip install failed (full log: $log)"; exit 1
   fi
-  .venv/bin/python -c "import pipeline, open_clip, clip_retrieval, dvc, pytest" 2>/dev/null
+  .venv/bin/python -c "import pipeline, open_clip, clip_retrieval, pyspark, dvc, pytest" 2>/dev/null
   touch .venv/.installed
 fi
 .venv/bin/python -m pip check >/dev/null || { .venv/bin/python -m pip check; exit 1; }
 
-# 2. Debian packages: Tux Paint stamps and Open Clip Art (corpus images), cairo (SVG rendering).
+# 2. Debian packages: Tux Paint stamps and Open Clip Art (corpus images), cairo (SVG rendering),
+#    Java 17 (Spark, for embed_corpus.distribution: pyspark and its test).
 missing=()
 for p in "${DEB_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")

@@ -13,8 +13,7 @@ from pipeline.datasets.local import LocalDataParams, import_local_data
 from pipeline.evaluate import read_eval_set
 from pipeline.params import ParamsError
 from pipeline.shards import iter_samples, read_shard_info
-from fixtures_layouts import (DOMAINNET_CLASSES, FINETUNE_IDX, SUBSET_IDX, make_all, make_clip_benchmark_wds,
-                                    make_csv, make_domainnet, make_imagenet, make_objectnet)
+from fixtures_layouts import (DOMAINNET_CLASSES, FINETUNE_IDX, SUBSET_IDX, make_all, make_domainnet, make_objectnet)
 
 
 @pytest.fixture(scope="module")

@@ -58,6 +58,8 @@ def _project(root: Path, preset: str, fixtures: Path, ckpt: Path, blip2: Path, b
     if preset != "imagenet":
         params["caption"]["backend"] = "blip"
     params["embed_corpus"].update(batch_size=16, num_workers=0)
+    if preset == "domainnet":  # one preset's corpus goes through clip-retrieval's Spark distribution
+        params["embed_corpus"].update(distribution="pyspark", spark_master="local[2]")
     params["retrieve"].update(k_per_class=2, current_memory_available="2G", max_index_memory_usage="1G")
     params["train"].update(steps=2, batch_size=4, anchor_batch_size=4, warmup_steps=1, eval_every=1, shuffle_buffer=50)
     params["evaluate"]["wise_alphas"] = [0.5, 1.0]
@@ -95,6 +97,8 @@ def test_dvc_repro_on_the_preset_completes_with_fixture_data_and_tiny_models(pre
         assert 0 <= row["id"]["mean"] <= 100
     base = json.loads((root / "models/base/model.json").read_text())
     assert base["pretrained"].startswith("tiny-clip:")  # a pretrained CLIP is the base as it is
+    embedded_by = "pyspark on local[2]" if preset == "domainnet" else "sequential"
+    assert f'"distribution": "{embedded_by}"' in proc.stdout, proc.stdout[-3000:]
     captions = (root / "data/captions/captions.jsonl").read_text().splitlines()
     assert captions and json.loads(captions[0])["captions"]
 

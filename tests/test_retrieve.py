@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import multiprocessing
+import os
 from pathlib import Path
 
 import numpy as np
@@ -148,6 +149,52 @@ def test_embed_corpus_leaves_no_partial_output(built, monkeypatch):
         retrieve.embed_corpus(built["corpus"], built["spec"], out, batch_size=8)
     assert sorted(p.name for p in out.iterdir()) == ["previous.txt"]
     assert not list(tmp.glob(".tmp-emb_fail-*"))
+
+
+def test_embed_corpus_pyspark_local_mode_matches_sequential(built):
+    """clip-retrieval's pyspark distribution (Spark local[2], Java): two tasks in fresh Python workers that
+    build our model through the loader the pickled spec installs, and the same embeddings as in-process."""
+    tmp = built["tmp"]
+    out = tmp / "emb_spark"
+    report = retrieve.embed_corpus(built["corpus"], built["spec"], out, batch_size=8, distribution="pyspark",
+                                   spark_master="local[2]")
+    assert report["distribution"] == "pyspark on local[2]"
+    assert report["partitions"] == 2  # one per Spark core (3 shards)
+    assert sorted(p.name for p in (out / "img_emb").iterdir()) == ["img_emb_0.npy", "img_emb_1.npy"]
+    for k in ("samples_embedded", "skipped", "skipped_samples", "dim"):
+        assert report[k] == built["report"][k], k
+    seq_meta, spark_meta = retrieve.load_metadata(built["emb"]), retrieve.load_metadata(out)
+    row = {key: i for i, key in enumerate(seq_meta["image_path"])}
+    order = [row[key] for key in spark_meta["image_path"]]
+    assert sorted(order) == list(range(len(seq_meta)))
+    assert list(spark_meta["caption"]) == list(seq_meta["caption"].iloc[order])
+    for target in retrieve.TARGETS:  # identical, not merely close: the same model on the same images
+        np.testing.assert_array_equal(retrieve.load_embeddings(out, target),
+                                      retrieve.load_embeddings(built["emb"], target)[order])
+
+
+def test_embed_corpus_pyspark_failure_leaves_no_output(built):
+    tmp = built["tmp"]
+    out = tmp / "emb_spark_fail"
+    with pytest.raises(RuntimeError, match="missing.pt"):
+        retrieve.embed_corpus(built["corpus"], f"tiny-clip:{tmp / 'missing.pt'}", out, batch_size=8,
+                              distribution="pyspark", spark_master="local[2]")
+    assert not out.exists() and not list(tmp.glob(".tmp-emb_spark_fail-*"))
+
+
+def test_embed_corpus_pyspark_without_java_is_a_one_line_error(built, tmp_path):
+    import subprocess
+    import sys
+
+    code = ("from pipeline import retrieve\n"
+            f"retrieve.embed_corpus({str(built['corpus'])!r}, {built['spec']!r}, {str(tmp_path / 'out')!r}, "
+            "distribution='pyspark', spark_master='local[1]')\n")
+    env = dict(os.environ, JAVA_HOME=str(tmp_path / "no-java"), ARF_MODEL_CONFIGS=str(ROOT / "tests" / "model_configs"))
+    r = subprocess.run([sys.executable, "-c", "if __name__ == '__main__':\n" + "".join(
+        "    " + ln + "\n" for ln in code.splitlines())], env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode != 0
+    assert "RuntimeError: embed_corpus.distribution: pyspark could not start Spark on 'local[1]' (Java 17+" in r.stderr
+    assert not (tmp_path / "out").exists()
 
 
 # ------------------------------------------------------------------------------------- build_index

@@ -245,7 +245,7 @@ def test_shard_split_gives_each_rank_its_own_shards(tmp_path):
 def test_nproc_per_node_relaunches_the_command_under_torchrun(monkeypatch):
     import sys
 
-    import pipeline.train as tr
+    import pipeline.distributed as tr
 
     calls = []
     monkeypatch.setattr(tr.os, "execv", lambda exe, args: calls.append(args))

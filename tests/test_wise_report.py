@@ -121,6 +121,54 @@ def test_wise_evaluation_is_deterministic(tiny):
     assert (tmp / "a.jsonl").read_bytes() == (tmp / "b.jsonl").read_bytes()
 
 
+DDP_EVAL_SCRIPT = """
+import json, os, sys
+from pathlib import Path
+import pipeline.evaluate as ev
+import pipeline.wise as wise
+
+tmp, out = Path(sys.argv[1]), Path(sys.argv[2])
+encoded = {}
+def counting(model, images, batch_size=256):
+    feats = ev.image_features(model, images, batch_size)
+    encoded[len(encoded)] = len(feats)
+    return feats
+wise.image_features = counting
+wise.evaluate_wise(tmp / "ft", tmp / "base", tmp / "eval", tmp / "packed", tmp / "heldout", [0.5, 1.0], out,
+                   {"method": "ft"})
+Path(f"{out}.rank{os.environ.get('RANK', 0)}.json").write_text(json.dumps(list(encoded.values())))
+"""
+
+
+def test_two_gloo_processes_score_like_one(tiny, tmp_path):
+    """Evaluation under torchrun: each rank encodes every other image of each set, rank 0 writes, and
+    the records equal a one-process run's."""
+    import os
+    import subprocess
+    import sys
+
+    from helpers import TEST_MODEL_CONFIGS
+
+    tmp = tiny[0]
+    script = tmp_path / "ddp_eval.py"
+    script.write_text(DDP_EVAL_SCRIPT)
+    env = {k: v for k, v in os.environ.items() if k not in ("WORLD_SIZE", "RANK", "LOCAL_RANK")}
+    env["ARF_MODEL_CONFIGS"] = str(TEST_MODEL_CONFIGS)
+    one = subprocess.run([sys.executable, str(script), str(tmp), str(tmp_path / "one.jsonl")],
+                         capture_output=True, text=True, env=env)
+    assert one.returncode == 0, one.stderr[-2000:]
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                          str(script), str(tmp), str(tmp_path / "two.jsonl")], capture_output=True, text=True, env=env)
+    assert two.returncode == 0, two.stderr[-3000:]
+    rows = [json.loads(line) for line in (tmp_path / "one.jsonl").read_text().splitlines()]
+    assert [json.loads(line) for line in (tmp_path / "two.jsonl").read_text().splitlines()] == rows
+    assert len(rows) == 2 * 5 and not list(tmp_path.glob(".tmp*"))
+    whole = json.loads((tmp_path / "one.jsonl.rank0.json").read_text())
+    halves = [json.loads((tmp_path / f"two.jsonl.rank{r}.json").read_text()) for r in (0, 1)]
+    assert [a + b for a, b in zip(*halves)] == whole  # the images were split, not repeated
+    assert all(abs(a - b) <= 1 for a, b in zip(*halves))
+
+
 def _records(method, seed, alpha, id_val, id_acc, shift, zs, extra=None):
     base = {"method": method, "seed": seed, "alpha": alpha}
     return [dict(base, dataset="id_test", acc1=id_acc), dict(base, dataset="id_val", acc1=id_val),

@@ -106,6 +106,27 @@ def test_coop_split_folder_layout(fx):
                           "images": "UCF-101-midframes", "split": "val2"})
 
 
+def test_an_entry_takes_its_templates_from_the_package_that_ships_them(fx):
+    """`templates:` in any entry: CLIP_benchmark's per-dataset templates (the JSON its own evaluation
+    reads), an open_clip set, or a list; it replaces a set's own (an export's) templates."""
+    import json as _json
+    from importlib.resources import files
+
+    shipped = _json.loads((files("clip_benchmark.datasets") / "en_zeroshot_classification_templates.json").read_text())
+    folder = {"layout": "coop_split", "path": fx["coop"], "split_file": "split_zhou_UCF101.json", "images": "UCF-101-midframes"}
+    assert read_layout("zeroshot_ucf101", folder).templates is None  # the preset's, decided by the caller
+    for source in ("clip_benchmark:dtd", "clip_benchmark:fgvc_aircraft"):
+        ls = read_layout("zeroshot_x", {**folder, "templates": source})
+        assert ls.templates == shipped[source.split(":")[1]] and all("{c}" in t for t in ls.templates)
+    assert len(read_layout("z", {**folder, "templates": "openai_imagenet"}).templates) == 80
+    export = {"layout": "clip_benchmark_wds", "path": "wds_vtab-flowers"}
+    assert read_layout("z", {**export, "templates": ["a {c}."]}, fx["root"]).templates == ["a {c}."]
+    for bad, msg in (("clip_benchmark:ucf101", "clip_benchmark:<dataset> with a dataset CLIP_benchmark has"),
+                     ("openai", "is not openai_imagenet"), (["a photo"], "every template needs {c}")):
+        with pytest.raises(ParamsError, match=msg):
+            read_layout("zeroshot_x", {**folder, "templates": bad})
+
+
 def test_fgvc_aircraft_release_layout(fx):
     ls = read_layout("zeroshot_aircraft", {"layout": "fgvc_aircraft", "path": fx["aircraft"]})
     assert ls.classnames == ["707-320", "A320", "Boeing 717"]  # variant names keep their spaces

@@ -25,6 +25,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
 
+from .templates import template_set
+
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
 
 
@@ -81,8 +83,10 @@ def layout_doc(name: str) -> str:
 
 
 def read_layout(name: str, spec: dict, root: Path | None = None) -> LabelledSet:
-    """Build set `name` from its params entry `{layout: ..., path: ..., ...}`; relative paths are under root."""
+    """Build set `name` from its params entry `{layout: ..., path: ..., ...}`; relative paths are under root.
+    Every layout also takes `templates:` (see `templates.template_set`), which replaces the set's own."""
     spec = dict(spec)
+    templates = template_set(spec.pop("templates"), f"{name}.templates") if "templates" in spec else None
     layout = spec.pop("layout", None)
     if layout not in _LAYOUTS:
         raise LayoutError(f"{name}.layout: {layout!r} is not one of {', '.join(list_layouts())}")
@@ -92,13 +96,16 @@ def read_layout(name: str, spec: dict, root: Path | None = None) -> LabelledSet:
         raise LayoutError(f"{name}.path: missing (layout {layout}: {layout_doc(layout)})")
     unknown = sorted(set(spec) - accepted - {"path"})
     if unknown:
-        raise LayoutError(f"{name}.{unknown[0]}: unknown key for layout {layout} (known: path, {', '.join(sorted(accepted))})")
+        raise LayoutError(f"{name}.{unknown[0]}: unknown key for layout {layout} (known: path, templates, {', '.join(sorted(accepted))})")
     path = Path(os.path.expanduser(str(spec.pop("path"))))
     if root is not None and not path.is_absolute():
         path = Path(root) / path
     if not path.exists():
         raise LayoutError(f"{path}: not found; {name} expects layout {layout}: {layout_doc(layout)}")
-    return fn(name=name, path=path, **spec)
+    ls = fn(name=name, path=path, **spec)
+    if templates is not None:
+        ls.templates = templates
+    return ls
 
 
 # ---------------------------------------------------------------------------------------------

@@ -30,20 +30,12 @@ from ..atomic import atomic_dir, write_json
 from ..params import ParamsError
 from ..shards import SkipCounter, write_shards
 from .layouts import LabelledSet, LayoutError, in_val_split, read_layout
+from .templates import template_set
 from .writing import write_clip_benchmark_set
 
 log = logging.getLogger(__name__)
 
 EVAL_PREFIXES = ("id_", "shift_", "zeroshot_")
-
-
-def _open_clip_templates(name: str) -> list[str]:
-    from open_clip import zero_shot_metadata as meta
-
-    sets = {"openai_imagenet": meta.OPENAI_IMAGENET_TEMPLATES, "simple_imagenet": meta.SIMPLE_IMAGENET_TEMPLATES}
-    if name not in sets:
-        raise ParamsError(f"data.local.templates: {name!r} is not one of {', '.join(sets)} or a list of strings with {{c}}")
-    return [t("{c}") for t in sets[name]]  # open_clip's templates are functions of the class name
 
 
 @dataclass
@@ -60,7 +52,9 @@ class LocalDataParams:
     corpus: str | None = None
     # Corpus pairs held out of retrieval for the retention metric (taken from the last shard).
     heldout_pairs: int = field(default=500, metadata={"min": 0})
-    # open_clip template set (openai_imagenet: CLIP's 80, simple_imagenet: its 7) or a list with {c}.
+    # Templates of the finetune set and of every eval set without its own (`templates:` in its entry,
+    # same values, or a CLIP_benchmark export's): openai_imagenet (CLIP's 80, open_clip), simple_imagenet (its 7),
+    # clip_benchmark:<dataset> (CLIP_benchmark's, e.g. clip_benchmark:pets) or a list with {c}.
     templates: str | list[str] = "openai_imagenet"
     # Cap on images per class in every set, for quick runs; null = all.
     max_per_class: int | None = field(default=None, metadata={"min": 1})
@@ -73,11 +67,7 @@ class LocalDataParams:
                 raise ParamsError(f"{where}.eval.{name}: an eval set name starts with one of {', '.join(EVAL_PREFIXES)}")
 
     def template_list(self) -> list[str]:
-        if isinstance(self.templates, str):
-            return _open_clip_templates(self.templates)
-        if not self.templates or any("{c}" not in t for t in self.templates):
-            raise ParamsError("data.local.templates: every template needs {c}")
-        return list(self.templates)
+        return template_set(self.templates, "data.local.templates")
 
 
 def _root(params: LocalDataParams) -> Path | None:

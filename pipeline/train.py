@@ -24,7 +24,7 @@ from .embed import batched, zeroshot_head
 from .methods import HEAD, IMAGE, TEXT, Step, get_method, list_methods
 from .models import create_model, freeze_batchnorm, portable_spec, write_model_dir
 from .params import register_params
-from .shards import SkipCounter, decode_image, every_shard, read_shard_info, sample_image_bytes
+from .shards import IMAGE_EXTS, SkipCounter, decode_image, every_shard, read_shard_info, sample_image_bytes
 
 log = logging.getLogger(__name__)
 
@@ -61,11 +61,17 @@ class TrainParams:
     # Encode each rank's batch in chunks of this many samples (GradCache): the gradients of the whole
     # batch, with the activation memory of one chunk; costs one extra forward pass. null: all at once.
     micro_batch_size: int | None = field(default=None, metadata={"gt": 0})
+    # Processes decoding and preprocessing images for each stream of each rank (0: this process).
+    # They decode ahead in stream order, so the run is bit-identical whatever the count.
+    num_workers: int = field(default=0, metadata={"min": 0})
 
 
 # One field per registered method, typed by its params dataclass: `methods.<name>` in params.yaml.
 MethodsParams = register_params("methods")(make_dataclass(
     "MethodsParams", [(m, get_method(m).params, field(default_factory=get_method(m).params)) for m in list_methods()]))
+
+
+_IMAGE_MEMBERS = frozenset(IMAGE_EXTS)
 
 
 def _text(v) -> str:
@@ -91,12 +97,41 @@ def raw_stream(root: Path, seed: int, buffer: int, skips: SkipCounter, rank: int
         epoch += 1
 
 
+_WORKER_PREPROCESS = None
+
+
+def _start_decode_worker(preprocess) -> None:
+    global _WORKER_PREPROCESS
+    _WORKER_PREPROCESS = preprocess
+    torch.set_num_threads(1)  # one core per worker, as DataLoader's workers
+
+
+def _decode(preprocess, key: str, sample: dict):
+    """The preprocessed image of a raw sample, or the error that makes it a bad sample."""
+    try:
+        return preprocess(decode_image(sample_image_bytes(sample)[1], key))
+    except (KeyError, ValueError) as e:
+        return e
+
+
+def _decode_in_worker(key: str, sample: dict):
+    return _decode(_WORKER_PREPROCESS, key, sample)
+
+
 class SampleStream:
     """Decoded samples of `raw_stream`; counts the raw samples it consumed, so a resumed run can
-    skip exactly those (`skip`) without decoding them again. Bad samples are skipped and counted."""
+    skip exactly those (`skip`) without decoding them again. Bad samples are skipped and counted.
 
-    def __init__(self, root: Path, preprocess, seed: int, buffer: int, skips: SkipCounter, rank: int = 0, world: int = 1):
-        self.root, self.preprocess, self.skips = root, preprocess, skips
+    With workers, decoding runs in a process pool a bounded window ahead of the consumer and results
+    are taken in stream order. Why not webdataset's worker splitting (each DataLoader worker reading
+    its own shards): it changes the sample order with the worker count, and with it the run, and a
+    resume would need every worker's position; an ordered window keeps runs bit-identical and
+    `consumed` exact, at the cost of the main process reading the tar bytes (cheap next to decoding).
+    """
+
+    def __init__(self, root: Path, preprocess, seed: int, buffer: int, skips: SkipCounter, rank: int = 0,
+                 world: int = 1, workers: int = 0):
+        self.root, self.preprocess, self.skips, self.workers = root, preprocess, skips, workers
         self.raw = raw_stream(root, seed, buffer, skips, rank, world)
         self.consumed = 0
         self.size = read_shard_info(root).num_samples
@@ -106,15 +141,41 @@ class SampleStream:
             next(self.raw)
         self.consumed += n
 
+    def _decoded(self) -> Iterator[tuple[dict, object]]:
+        if not self.workers:
+            for s in self.raw:
+                yield s, _decode(self.preprocess, s["__key__"], s)
+            return
+        import collections
+
+        import torch.multiprocessing as mp  # tensors come back through shared memory, as DataLoader's
+
+        # fork: the workers inherit the transform (no pickling of it) and never touch CUDA
+        pool = mp.get_context("fork").Pool(self.workers, _start_decode_worker, (self.preprocess,))
+        window: collections.deque = collections.deque()
+        try:
+            for s in self.raw:
+                image = {k: v for k, v in s.items() if k in _IMAGE_MEMBERS}  # all a worker needs
+                meta = {k: v for k, v in s.items() if k not in _IMAGE_MEMBERS}
+                window.append((meta, pool.apply_async(_decode_in_worker, (s["__key__"], image))))
+                if len(window) >= 4 * self.workers:
+                    meta, result = window.popleft()
+                    yield meta, result.get()
+        finally:  # the generator is closed when training ends (or unwinds on an error)
+            pool.terminate()
+
+    def close(self) -> None:
+        if hasattr(self, "_it"):
+            self._it.close()
+
     def __iter__(self) -> Iterator[dict]:
         failed = 0
-        for s in self.raw:
+        self._it = self._decoded()
+        for s, image in self._it:
             self.consumed += 1
             key = s["__key__"]
-            try:
-                image = self.preprocess(decode_image(sample_image_bytes(s)[1], key))
-            except (KeyError, ValueError) as e:
-                self.skips(e)
+            if isinstance(image, Exception):
+                self.skips(image)
                 failed += 1
                 if failed > self.size:
                     raise ValueError(f"{self.root}: no readable samples")
@@ -164,8 +225,8 @@ def _fingerprint(method_name: str, seed: int, base_spec: str, params: TrainParam
 
     run = {"method": method_name, "seed": seed, "base": portable_spec(base_spec), "train": asdict(params),
            "method_params": asdict(method_params), "shards_over_ranks": shards_over}
-    run["train"].pop("checkpoint_every")
-    run["train"].pop("nproc_per_node")
+    for how_not_what in ("checkpoint_every", "nproc_per_node", "num_workers"):
+        run["train"].pop(how_not_what)
     return json.dumps(run, sort_keys=True)
 
 
@@ -197,9 +258,10 @@ def train(method_name: str, packed_dir: Path, base_spec: str, out_dir: Path, par
     by_shard = dd.world > 1 and params.data_split == "shard"
     split = (dd.rank, dd.world) if by_shard else (0, 1)
     b_ft, b_anchor = dd.share(params.batch_size, "train.batch_size"), dd.share(params.anchor_batch_size, "train.anchor_batch_size")
-    ft_data = SampleStream(packed_dir / "finetune", lm.preprocess, seed, params.shuffle_buffer, skips, *split)
-    anchor_data = SampleStream(packed_dir / "anchors", lm.preprocess, seed + 1, params.shuffle_buffer, skips, *split) \
-        if method.needs_anchors else None
+    ft_data = SampleStream(packed_dir / "finetune", lm.preprocess, seed, params.shuffle_buffer, skips, *split,
+                           workers=params.num_workers)
+    anchor_data = SampleStream(packed_dir / "anchors", lm.preprocess, seed + 1, params.shuffle_buffer, skips, *split,
+                               workers=params.num_workers) if method.needs_anchors else None
     val_images, val_labels = load_val(packed_dir / "val", lm.preprocess)
     autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(params.precision)
     scaler = torch.amp.GradScaler(device.type) if params.precision == "fp16" else None
@@ -316,6 +378,9 @@ def train(method_name: str, packed_dir: Path, base_spec: str, out_dir: Path, par
                 if dd.rank == 0:
                     _save_resume(state_path, fingerprint, step_i, model, head, opt, sched, scaler, consumed, rng, history)
                 dd.barrier()
+    for data in (ft_data, anchor_data):
+        if data is not None:
+            data.close()
     model.eval()
     set_trainable(model, frozenset((IMAGE, TEXT)))
     result = {"method": method_name, "seed": seed, "val_acc1_start": history[0]["val_acc1"],

@@ -110,15 +110,20 @@ class Killed(Exception):
     pass
 
 
-@pytest.mark.parametrize("method,params,kill_at", [("arf", ArfParams(), 3), ("lpft", NoParams(), 5)])
-def test_a_killed_run_resumes_from_its_checkpoint_and_ends_bit_identical(setup, monkeypatch, method, params, kill_at):
+@pytest.mark.parametrize("method,params,kill_at,workers", [("arf", ArfParams(), 3, 0), ("lpft", NoParams(), 5, 0),
+                                                            ("arf", ArfParams(), 3, 2)])
+def test_a_killed_run_resumes_from_its_checkpoint_and_ends_bit_identical(setup, monkeypatch, method, params, kill_at,
+                                                                          workers):
     """Uninterrupted vs killed after step kill_at and started again (checkpoints every 2 steps): the
-    same weights, head and loss history. LP-FT is killed in its second phase (steps 4-6)."""
+    same weights, head and loss history. LP-FT is killed in its second phase (steps 4-6); ARF also with
+    decoding workers, whose read-ahead must not count as consumed."""
     import pipeline.train as tr
 
     tmp, packed = setup
-    p = TrainParams(steps=3, batch_size=6, anchor_batch_size=5, lr=1e-3, warmup_steps=1, eval_every=1, checkpoint_every=2)
     spec = model_dir_spec(tmp / "base")
+    tmp = tmp / f"workers{workers}"
+    p = TrainParams(steps=3, batch_size=6, anchor_batch_size=5, lr=1e-3, warmup_steps=1, eval_every=1, checkpoint_every=2,
+                    num_workers=workers)
     whole = train(method, packed, spec, tmp / f"{method}_whole", p, params, seed=3)
     assert not tr.resume_path(tmp / f"{method}_whole").exists()  # removed once the model is written
 
@@ -281,3 +286,30 @@ def test_micro_batches_give_the_whole_batch_gradients(setup, method, params):
     diffs = sorted(((w1[k] - w2[k]).abs().max().item(), k) for k in w1 if w1[k].is_floating_point())
     assert diffs[-1][0] < 1e-5, diffs[-5:]
     assert any(not torch.equal(w1[k], weights(tmp / "base")[k]) for k in w1)
+
+
+@pytest.mark.parametrize("method,params", [("arf", ArfParams()), ("lpft", NoParams())])
+def test_decoding_workers_leave_the_run_bit_identical(setup, monkeypatch, method, params):
+    """train.num_workers: 2 decoding processes per stream give the same losses and weights as decoding
+    in the training process (they decode ahead in stream order), and stop with the run."""
+    import multiprocessing
+
+    import pipeline.train as tr
+
+    running = []
+    real_log = tr._log
+    monkeypatch.setattr(tr, "_log", lambda *a: (running.append(len(multiprocessing.active_children())), real_log(*a)))
+    tmp, packed = setup
+    spec = model_dir_spec(tmp / "base")
+    p0 = TrainParams(steps=3, batch_size=6, anchor_batch_size=5, lr=1e-3, warmup_steps=1, eval_every=1)
+    p2 = TrainParams(**{**p0.__dict__, "num_workers": 2})
+    before = set(multiprocessing.active_children())
+    a = train(method, packed, spec, tmp / f"{method}_w0", p0, params, seed=4)
+    assert max(running) == len(before)
+    running.clear()
+    b = train(method, packed, spec, tmp / f"{method}_w2", p2, params, seed=4)
+    assert max(running) == len(before) + 2 * (2 if method == "arf" else 1)  # a pool per stream: finetune (+ anchors)
+    assert [h.get("loss") for h in a["history"]] == [h.get("loss") for h in b["history"]]
+    wa, wb = weights(tmp / f"{method}_w0"), weights(tmp / f"{method}_w2")
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    assert set(multiprocessing.active_children()) <= before  # the pools are gone

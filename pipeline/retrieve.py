@@ -29,7 +29,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
 
@@ -301,11 +301,16 @@ def shard_members(urls: Sequence[str]) -> tuple[dict[str, set[str]], list[str]]:
     return members, broken
 
 
-def _image_key(members: dict[str, set[str]]) -> str:
-    """The image extension most samples carry (png for the default corpus, jpg for img2dataset's):
-    clip-retrieval reads one key, and samples under another are reported as skipped."""
-    counts = Counter(e for exts in members.values() for e in exts if e in IMAGE_EXTS)
-    return counts.most_common(1)[0][0] if counts else "png"
+def _image_key(urls: Sequence[str]) -> str:
+    """The image extension most samples of the first readable shard carry (png for the default corpus,
+    jpg for img2dataset's): clip-retrieval reads one key, and samples under another are reported as
+    skipped. One shard: reading every tar header of a large corpus costs a pass over all its files."""
+    for url in urls:
+        members, broken = shard_members([url])
+        counts = Counter(e for exts in members.values() for e in exts if e in IMAGE_EXTS)
+        if counts:
+            return counts.most_common(1)[0][0]
+    return "png"
 
 
 def _why_skipped(urls: Sequence[str], keys: set[str], members: dict[str, set[str]], image_key: str) -> dict[str, str]:
@@ -350,16 +355,58 @@ def load_embeddings(emb_dir: str | os.PathLike, target: str = "image") -> np.nda
     return np.concatenate([np.load(f).astype(np.float32) for f in files])
 
 
-def load_metadata(folder: str | os.PathLike):
-    """clip-retrieval's metadata parquet partitions as one DataFrame (row i = embedding / index id i)."""
-    import pandas as pd
-
+def _metadata_files(folder: str | os.PathLike) -> list[Path]:
     folder = Path(folder)
     meta = folder / "metadata" if (folder / "metadata").is_dir() else folder
     files = _partition_files(meta, "metadata", "parquet")
     if not files:
         raise FileNotFoundError(f"{meta}: no metadata_N.parquet files")
-    return pd.concat([pd.read_parquet(f) for f in files], ignore_index=True)
+    return files
+
+
+def load_metadata(folder: str | os.PathLike):
+    """clip-retrieval's metadata parquet partitions as one DataFrame (row i = embedding / index id i).
+    The whole table: for small corpora and tests; the stages read columns and rows as they need them."""
+    import pandas as pd
+
+    return pd.concat([pd.read_parquet(f) for f in _metadata_files(folder)], ignore_index=True)
+
+
+def metadata_row_counts(folder: str | os.PathLike) -> list[int]:
+    """Rows per metadata partition, from the parquet footers (nothing else is read)."""
+    import pyarrow.parquet as pq
+
+    return [pq.ParquetFile(f).metadata.num_rows for f in _metadata_files(folder)]
+
+
+def iter_metadata_column(folder: str | os.PathLike, column: str) -> Iterator[np.ndarray]:
+    """One column, partition by partition (a million rows at most each, as clip-retrieval writes them)."""
+    import pyarrow.parquet as pq
+
+    for f in _metadata_files(folder):
+        yield pq.read_table(f, columns=[column]).column(column).to_numpy(zero_copy_only=False)
+
+
+def metadata_rows(folder: str | os.PathLike, rows: Sequence[int], columns: Sequence[str]) -> dict[str, list]:
+    """`columns` of the given global rows (in the order given), reading only the partitions that hold
+    them; a column a partition lacks reads as ""."""
+    import pyarrow.parquet as pq
+
+    files = _metadata_files(folder)
+    counts = metadata_row_counts(folder)
+    starts = np.concatenate([[0], np.cumsum(counts)])
+    rows = np.asarray(rows, dtype=np.int64)
+    out = {c: [None] * len(rows) for c in columns}
+    part_of = np.searchsorted(starts, rows, side="right") - 1
+    for part in np.unique(part_of):
+        where = np.flatnonzero(part_of == part)
+        present = [c for c in columns if c in pq.ParquetFile(files[part]).schema_arrow.names]
+        table = pq.read_table(files[part], columns=present).take(rows[where] - starts[part])
+        for c in columns:
+            values = table.column(c).to_pylist() if c in present else [""] * len(where)
+            for i, v in zip(where, values):
+                out[c][i] = v
+    return out
 
 
 def _steady_rate(stats_dir: Path) -> float | None:
@@ -404,8 +451,7 @@ def embed_corpus(
     urls = info.urls
     if not urls:
         raise ValueError(f"{corpus_dir}: sizes.json lists no shards")
-    members, broken = shard_members(urls)
-    image_key = _image_key(members)
+    image_key = _image_key(urls)
     n_expected = info.num_samples
     if distribution not in DISTRIBUTIONS:
         raise ValueError(f"distribution {distribution!r}: expected one of {DISTRIBUTIONS}")
@@ -441,15 +487,22 @@ def embed_corpus(
         seconds = time.perf_counter() - t0
         if not list((tmp / "metadata").glob("metadata_*.parquet")):  # clip-retrieval writes nothing then
             raise RuntimeError(f"{corpus_dir}: none of {n_expected} samples could be embedded; see the warnings")
-        img, txt = load_embeddings(tmp, "image"), load_embeddings(tmp, "text")
-        meta = load_metadata(tmp)
-        if not (len(img) == len(txt) == len(meta)):
-            raise RuntimeError(f"clip-retrieval wrote {len(img)} image, {len(txt)} text embeddings and "
-                               f"{len(meta)} metadata rows; expected equal counts")
-        done = set(meta["image_path"])
-        skipped_keys = set(members) - done
-        reasons = _why_skipped(urls, skipped_keys, members, image_key) if skipped_keys else {}
-        n_skipped = n_expected - len(meta)
+        # counts from the files' headers and keys column by column: the embeddings of a large corpus
+        # do not fit in memory, and are not needed here
+        (n_img, dim), (n_txt, _) = _count_vectors(tmp / "img_emb", "img_emb"), _count_vectors(tmp / "text_emb", "text_emb")
+        n_meta = sum(metadata_row_counts(tmp))
+        if not (n_img == n_txt == n_meta):
+            raise RuntimeError(f"clip-retrieval wrote {n_img} image, {n_txt} text embeddings and "
+                               f"{n_meta} metadata rows; expected equal counts")
+        done: set[str] = set()
+        for keys in iter_metadata_column(tmp, "image_path"):
+            done.update(keys.tolist())
+        n_skipped = n_expected - n_meta
+        reasons, broken = {}, []
+        if n_skipped:  # name what is missing and why: read every tar header (only now)
+            members, broken = shard_members(urls)
+            skipped_keys = set(members) - done
+            reasons = _why_skipped(urls, skipped_keys, members, image_key) if skipped_keys else {}
         steady = _steady_rate(tmp / "stats")
         # clip-retrieval's stats/ holds timings: a property of the run, not of the data. Kept in the
         # output, every rerun would change its DVC hash and rerun everything downstream.
@@ -458,12 +511,12 @@ def embed_corpus(
             "corpus": str(corpus_dir),
             "model": portable_spec(spec),
             "samples_expected": n_expected,
-            "samples_embedded": int(len(meta)),
+            "samples_embedded": int(n_meta),
             "skipped": int(n_skipped),
             "skipped_samples": [{"key": k, "reason": r} for k, r in sorted(reasons.items())],
             "unreadable_shards": broken,
-            "duplicate_keys": int(len(meta) - len(done)),
-            "dim": int(img.shape[1]) if len(img) else None,
+            "duplicate_keys": int(n_meta - len(done)),
+            "dim": int(dim) if n_img else None,
             "partitions": n_parts,
             "batch_size": batch_size,
         }
@@ -471,7 +524,7 @@ def embed_corpus(
         report |= {
             "distribution": distribution if session is None else f"pyspark on {session.sparkContext.master}",
             "seconds": round(seconds, 2),
-            "samples_per_s": round(len(meta) / seconds, 2) if seconds > 0 else None,
+            "samples_per_s": round(n_meta / seconds, 2) if seconds > 0 else None,
             # read + inference only (clip-retrieval's stats): without model loading, warm-up, start-up
             "steady_samples_per_s": steady,
         }
@@ -636,17 +689,19 @@ def retrieve_anchors(
         raise ValueError(f"k_per_class must be a positive integer, got {k_per_class!r}")
     index_dir = Path(index_dir)
     index = faiss.read_index(str(index_dir / f"{target}.index"))
-    meta = load_metadata(index_dir)
-    if len(meta) != index.ntotal:
-        raise RuntimeError(f"{index_dir}: {target}.index has {index.ntotal} vectors but metadata {len(meta)} rows")
+    n_meta = sum(metadata_row_counts(index_dir))
+    if n_meta != index.ntotal:
+        raise RuntimeError(f"{index_dir}: {target}.index has {index.ntotal} vectors but metadata {n_meta} rows")
     queries, classnames = load_prompts(prompts_npz)
     if queries.shape[1] != index.d:
         raise ValueError(f"{prompts_npz}: embedding dim {queries.shape[1]} != index dim {index.d} "
                          "(prompts and corpus embedded with different models?)")
-    keys = meta["image_path"].astype(str).to_numpy()
-    captions = meta["caption"].astype(str).to_numpy() if "caption" in meta else np.array([""] * len(meta))
-    excluded = np.isin(keys, np.array(sorted(set(exclude_keys)), dtype=object)) if exclude_keys else \
-        np.zeros(len(keys), dtype=bool)
+    excluded = np.zeros(n_meta, dtype=bool)
+    if exclude_keys:
+        unwanted, start = np.array(sorted(set(exclude_keys)), dtype=object), 0
+        for keys in iter_metadata_column(index_dir, "image_path"):
+            excluded[start:start + len(keys)] = np.isin(keys.astype(str).astype(object), unwanted)
+            start += len(keys)
     n_avail = int((~excluded).sum())
     # Search deep enough that every class can still fill k after losing rows to other classes and to the
     # exclusion list; deepen and redo while a class came up short and has unseen candidates.
@@ -658,10 +713,14 @@ def retrieve_anchors(
         if not short or depth >= index.ntotal:
             break
         depth = min(index.ntotal, depth * 2)
+    rows = sorted({int(row) for c in range(len(classnames)) for row, _ in kept[c]})
+    meta = metadata_rows(index_dir, rows, ["image_path", "caption"])  # the retrieved rows only
+    at = {row: i for i, row in enumerate(rows)}
     records = []
     for c, name in enumerate(classnames):
         for rank, (row, score) in enumerate(kept[c], start=1):
-            records.append({"key": str(keys[row]), "caption": str(captions[row]), "class": name,
+            i = at[int(row)]
+            records.append({"key": str(meta["image_path"][i]), "caption": str(meta["caption"][i]), "class": name,
                             "score": round(score, 6), "rank": rank})
     if short:
         log.warning("retrieve_anchors: %d class(es) got fewer than k=%d (corpus has %d usable samples)",

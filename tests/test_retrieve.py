@@ -144,11 +144,27 @@ def test_embed_corpus_leaves_no_partial_output(built, monkeypatch):
     def boom(*a, **k):
         raise RuntimeError("simulated failure after inference")
 
-    monkeypatch.setattr(retrieve, "load_metadata", boom)
+    monkeypatch.setattr(retrieve, "metadata_row_counts", boom)
     with pytest.raises(RuntimeError, match="simulated failure"):
         retrieve.embed_corpus(built["corpus"], built["spec"], out, batch_size=8)
     assert sorted(p.name for p in out.iterdir()) == ["previous.txt"]
     assert not list(tmp.glob(".tmp-emb_fail-*"))
+
+
+def test_metadata_is_read_by_partition_and_row(built):
+    """Three partitions (one per shard): row counts from the footers, a column partition by partition,
+    and given rows across partitions equal the whole table's; a column a partition lacks reads as ""."""
+    out = built["tmp"] / "emb_3parts"
+    report = retrieve.embed_corpus(built["corpus"], built["spec"], out, batch_size=8, partitions=3)
+    assert report["partitions"] == 3 and report["skipped"] == 1
+    whole = retrieve.load_metadata(out)
+    counts = retrieve.metadata_row_counts(out)
+    assert len(counts) == 3 and sum(counts) == len(whole) == N_SAMPLES - 1
+    assert np.concatenate(list(retrieve.iter_metadata_column(out, "image_path"))).tolist() == list(whole["image_path"])
+    rows = [len(whole) - 1, 0, counts[0], 3]  # unordered, across all three partitions
+    got = retrieve.metadata_rows(out, rows, ["image_path", "caption", "no_such_column"])
+    assert got["image_path"] == [whole["image_path"][r] for r in rows]
+    assert got["caption"] == [whole["caption"][r] for r in rows] and got["no_such_column"] == [""] * 4
 
 
 def test_embed_corpus_pyspark_local_mode_matches_sequential(built):

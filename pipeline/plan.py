@@ -145,8 +145,10 @@ def make_plan(params_path: Path, preset: str | None = None, costs_path: Path = P
                                           "(HF_HOME), or NAME:/path/checkpoint.pt", _weights_found(spec))],
                            note="a pretrained CLIP is the base as it is: no compute"))
     n_corpus = n_corpus or 0
+    e = p["embed_corpus"]
     plans.append(stage("embed_corpus", [], flops=n_corpus * (c["image_forward_flops"] + c["text_forward_flops"]),
-                           disk_bytes=n_corpus * 2 * EMBED_BYTES, ram=f"{c['params'] * 4 / 1e9:.1f} GB GPU (weights)"))
+                           disk_bytes=n_corpus * 2 * EMBED_BYTES, ram=f"{c['params'] * 4 / 1e9:.1f} GB GPU (weights)",
+                           note=e.distribution if e.distribution == "sequential" else f"pyspark on {e.spark_master}"))
     cap = p["caption"]
     cap_cost = costs["captioner"].get(cap.backend)
     cap_need = Need("captioner", str(cap.model_path), f"{cap.backend}: a local save_pretrained folder",
@@ -168,9 +170,11 @@ def make_plan(params_path: Path, preset: str | None = None, costs_path: Path = P
         steps = _train_flops_per_step(m, getattr(p["methods"], m), train, n_classes, c)
         val = (n_ft * local.val_fraction) * c["image_forward_flops"] * (train.steps * len(steps) // train.eval_every)
         trained = c["params"] if any(TEXT in ph for ph in get_method(m).phases) else c["params"] // 3 * 2
+        streams = 2 if get_method(m).needs_anchors else 1
+        decoding = f"{streams * train.num_workers} decoding processes per GPU" if train.num_workers else "decodes in-process"
         plans.append(stage(f"train@{m} (x{len(sweep.seeds)} seeds)", [], flops=len(sweep.seeds) * (sum(steps) * train.steps + val),
                                disk_bytes=len(sweep.seeds) * c["params"] * 4,
-                               ram=f"{trained * 16 / 1e9:.1f} GB GPU + activations"))
+                               ram=f"{trained * 16 / 1e9:.1f} GB GPU + activations", note=decoding))
         alphas = len(evaluate.wise_alphas)
         plans.append(stage(f"evaluate@{m} (x{len(sweep.seeds)} seeds)", [],
                                flops=len(sweep.seeds) * alphas * (n_eval + n_ft * local.val_fraction) * c["image_forward_flops"]))

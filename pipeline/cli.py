@@ -249,7 +249,7 @@ def evaluate(model: Path = typer.Argument(..., help="model folder (the base fold
             typer.echo(f"error: --tag {item!r}: expected KEY=VALUE", err=True)
             raise typer.Exit(2)
         tags[k] = int(v) if v.lstrip("-").isdigit() else v
-    records = evaluate_wise(model, base, eval_root, packed, heldout, grid, out, tags, p.device)
+    records = evaluate_wise(model, base, eval_root, packed, heldout, grid, out, tags, p.device, p.cache_gb)
     last = {r["dataset"]: round(r.get("acc1", r.get("i2t_r1", 0)), 1) for r in records if r["alpha"] == grid[-1]}
     _report("evaluate", t, {"model": str(model), "alphas": grid, f"alpha {grid[-1]}": last})
 

@@ -39,6 +39,10 @@ class EvalSet:
     projection: dict | None = None
 
     @property
+    def cached_bytes(self) -> int:
+        return self.images.numel() * self.images.element_size() if isinstance(self.images, torch.Tensor) else 0
+
+    @property
     def classifier_classnames(self) -> list[str]:
         return self.projection["classnames"] if self.projection else self.classnames
 
@@ -48,11 +52,11 @@ class EvalSet:
         return torch.stack([logits[:, cols].amax(1) for cols in self.projection["map"]], dim=1)
 
 
-def read_eval_set(root: Path, preprocess, dist: Dist = Dist()) -> EvalSet:
+def read_eval_set(root: Path, preprocess, dist: Dist = Dist(), cache_bytes: int | None = None) -> EvalSet:
     """Load a CLIP_benchmark-style classification set: test shards, classnames.txt, templates."""
     classnames = (root / "classnames.txt").read_text().splitlines()
     templates = [t for t in (root / "zeroshot_classification_templates.txt").read_text().splitlines() if t.strip()]
-    es = read_labelled_shards(root / "test", root.name, classnames, templates, preprocess, dist)
+    es = read_labelled_shards(root / "test", root.name, classnames, templates, preprocess, dist, cache_bytes)
     if (root / "projection.json").is_file():
         es.projection = read_projection(root / "projection.json", len(classnames))
     return es
@@ -67,9 +71,10 @@ def read_projection(path: Path, n_classes: int) -> dict:
     return proj
 
 
-# Sets up to this many bytes of preprocessed pixels are decoded once and kept in memory (every
-# default set, ~5k images at 96 px, fits many times over); larger ones (ImageNet val at 224 px is
-# 30 GB) are decoded again on every pass, so evaluation memory does not grow with the eval sets.
+# Preprocessed pixels kept in memory per process, over all sets (`evaluate.cache_gb`): sets are
+# decoded once and kept while they fit (every default set, ~5k images at 96 px, many times over);
+# the rest (ImageNet val at 224 px is 30 GB) are decoded again on every pass, so evaluation memory
+# stays within the budget whatever the eval sets.
 MAX_CACHED_BYTES = 4 * 1024 ** 3
 
 
@@ -100,9 +105,11 @@ class ImageStream:
 
 
 def read_labelled_shards(shards: Path, name: str, classnames: list[str], templates: list[str], preprocess,
-                         dist: Dist = Dist()) -> EvalSet:
+                         dist: Dist = Dist(), cache_bytes: int | None = None) -> EvalSet:
     """Images with integer `.cls` labels from a shard folder; unreadable samples are skipped and counted.
-    Under torchrun each rank decodes only its share of the images (see `EvalSet.positions`)."""
+    Under torchrun each rank decodes only its share of the images (see `EvalSet.positions`). Pixels
+    are kept if they fit in `cache_bytes` (default MAX_CACHED_BYTES), else streamed."""
+    cache_bytes = MAX_CACHED_BYTES if cache_bytes is None else cache_bytes
     skips = SkipCounter()
     part = (dist.rank, dist.world)
     images, labels, keys, positions, pixel_bytes = [], [], [], [], 0
@@ -116,7 +123,7 @@ def read_labelled_shards(shards: Path, name: str, classnames: list[str], templat
         pixel_bytes += x.numel() * x.element_size()
         if images is not None:
             images.append(x)
-            if pixel_bytes > MAX_CACHED_BYTES:
+            if pixel_bytes > cache_bytes:
                 images = None  # too large to keep: stream it instead
         labels.append(label)
         keys.append(key)
@@ -134,11 +141,17 @@ def read_labelled_shards(shards: Path, name: str, classnames: list[str], templat
     return EvalSet(name, shards, classnames, templates, pixels, all_labels, positions=positions)
 
 
-def read_eval_sets(eval_root: Path, preprocess, dist: Dist = Dist()) -> list[EvalSet]:
+def read_eval_sets(eval_root: Path, preprocess, dist: Dist = Dist(), cache_bytes: int | None = None) -> list[EvalSet]:
+    """Every set under eval_root, in name order, kept in memory while `cache_bytes` lasts (over all)."""
     roots = sorted(p for p in Path(eval_root).iterdir() if (p / "classnames.txt").is_file()) if Path(eval_root).is_dir() else []
     if not roots:
         raise FileNotFoundError(f"{eval_root}: no eval sets (folders with classnames.txt and test/ shards)")
-    return [read_eval_set(r, preprocess, dist) for r in roots]
+    left = MAX_CACHED_BYTES if cache_bytes is None else cache_bytes
+    sets = []
+    for r in roots:
+        sets.append(read_eval_set(r, preprocess, dist, left))
+        left -= sets[-1].cached_bytes
+    return sets
 
 
 @torch.inference_mode()

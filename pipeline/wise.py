@@ -40,6 +40,9 @@ class EvaluateParams:
     # Processes on this machine: > 1 relaunches the evaluate command under torchrun (one per GPU),
     # each encoding every N-th image of every set; rank 0 writes the records.
     nproc_per_node: int = field(default=1, metadata={"gt": 0})
+    # Preprocessed pixels each process keeps in memory, over all eval sets; the sets past it are
+    # decoded again at every alpha that changes the image tower (ImageNet's at 224 px: ~160 GB in all).
+    cache_gb: float = field(default=4.0, metadata={"min": 0})
 
     def check(self, where: str) -> None:
         from .params import ParamsError
@@ -161,14 +164,16 @@ class Scorer:
                             self.text_features(tuple(pairs.captions)).cpu(), pairs.captions)
 
 
-def read_val_set(packed_dir: Path, preprocess, dist: Dist = Dist()) -> EvalSet:
+def read_val_set(packed_dir: Path, preprocess, dist: Dist = Dist(), cache_bytes: int | None = None) -> EvalSet:
     """The ID validation split as packed for training, scored with the finetune classes and templates."""
     classes = json.loads((packed_dir / "classes.json").read_text())
-    return read_labelled_shards(packed_dir / "val", "id_val", classes["classnames"], classes["templates"], preprocess, dist)
+    return read_labelled_shards(packed_dir / "val", "id_val", classes["classnames"], classes["templates"], preprocess,
+                                dist, cache_bytes)
 
 
 def evaluate_wise(model_dir: Path, base_dir: Path, eval_root: Path, packed_dir: Path, heldout_dir: Path,
-                  alphas: list[float], out_path: Path, tags: dict, device: str = "auto") -> list[dict]:
+                  alphas: list[float], out_path: Path, tags: dict, device: str = "auto",
+                  cache_gb: float = 4.0) -> list[dict]:
     """Score theta(alpha) for each alpha; write one JSON line per (alpha, dataset), wise-ft style.
     Under torchrun every rank scores, on the gathered features, and rank 0 writes."""
     dd = Dist.init(device)
@@ -178,7 +183,9 @@ def evaluate_wise(model_dir: Path, base_dir: Path, eval_root: Path, packed_dir: 
     finetuned = read_state_dict(model_dir)
     head = read_head(model_dir)
     changed = changed_parts(base, finetuned)
-    sets = read_eval_sets(eval_root, lm.preprocess, dd) + [read_val_set(packed_dir, lm.preprocess, dd)]
+    budget = int(cache_gb * 1024 ** 3)
+    sets = read_eval_sets(eval_root, lm.preprocess, dd, budget)
+    sets.append(read_val_set(packed_dir, lm.preprocess, dd, max(0, budget - sum(es.cached_bytes for es in sets))))
     pairs = read_heldout_pairs(heldout_dir, lm.preprocess, dd)
     scorer = Scorer(lm.model, lm.tokenizer, head, dd)
     records = []

@@ -244,6 +244,26 @@ def test_large_eval_sets_stream_and_score_the_same(fx, tmp_path, monkeypatch):
     assert torch.allclose(a, b, atol=1e-6)
 
 
+def test_the_pixel_cache_budget_is_shared_by_all_eval_sets(fx, tmp_path):
+    """evaluate.cache_gb is one budget per process: sets are kept in name order while it lasts."""
+    from helpers import make_tiny_checkpoint
+
+    import pipeline.evaluate as ev
+    from pipeline.models import create_model
+
+    import_local_data(tmp_path, local_params(fx))
+    name, ckpt = make_tiny_checkpoint(tmp_path)
+    lm = create_model(f"{name}:{ckpt}")
+    root = tmp_path / "benchmark/eval"
+    sizes = [es.cached_bytes for es in ev.read_eval_sets(root, lm.preprocess, cache_bytes=10 ** 12)]
+    assert len(sizes) == 4 and all(sizes)
+    budget = sizes[0] + sizes[1] - 1
+    sets = ev.read_eval_sets(root, lm.preprocess, cache_bytes=budget)
+    assert isinstance(sets[0].images, torch.Tensor) and isinstance(sets[1].images, ev.ImageStream)
+    assert sum(es.cached_bytes for es in sets) <= budget
+    assert all(isinstance(es.images, ev.ImageStream) for es in ev.read_eval_sets(root, lm.preprocess, cache_bytes=0))
+
+
 def test_corpus_shards_count_samples_without_stats_files(tmp_path):
     from fixtures_layouts import make_img2dataset_corpus
 

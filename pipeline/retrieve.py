@@ -138,38 +138,45 @@ def _all_clip_uses_our_models():
     """
     import all_clip.main as ac
 
+    saved = _install_our_loader()
+    try:
+        yield
+    finally:
+        ac._CLIP_REGISTRY.clear()
+        ac._CLIP_REGISTRY.update(saved)
+        _clear_all_clip_caches()
+
+
+def _install_our_loader() -> dict:
+    """Put our loader first in all_clip's registry and drop its cached models; returns the registry
+    as it was."""
+    import all_clip.main as ac
+
     registry = ac._CLIP_REGISTRY
     saved = dict(registry)
     registry.clear()
     registry[ALL_CLIP_PREFIX] = _load_for_all_clip
-    registry.update(saved)
+    registry.update({k: v for k, v in saved.items() if k != ALL_CLIP_PREFIX})
+    _clear_all_clip_caches()
+    return saved
+
+
+def _clear_all_clip_caches() -> None:
+    import all_clip.main as ac
+
     ac.load_clip.cache_clear()
     ac.load_clip_without_warmup.cache_clear()
-    try:
-        yield
-    finally:
-        registry.clear()
-        registry.update(saved)
-        ac.load_clip.cache_clear()
-        ac.load_clip_without_warmup.cache_clear()
 
 
 def _install_loader_in_worker(spec: str, config_folders: list[str]) -> str:
-    """Run where a Spark task unpickles the model spec: our configs and all_clip loader, for this process."""
-    import all_clip.main as ac
-
+    """Run where a Spark task unpickles the model spec: our configs and all_clip loader, for this process
+    (which runs many tasks: the model cache is dropped, as a checkpoint may change between runs)."""
     from .models import register_model_configs
 
     register_model_configs()
     for folder in config_folders:
         register_model_configs(Path(folder))
-    if ALL_CLIP_PREFIX not in ac._CLIP_REGISTRY:
-        saved = dict(ac._CLIP_REGISTRY)
-        ac._CLIP_REGISTRY.clear()
-        ac._CLIP_REGISTRY[ALL_CLIP_PREFIX] = _load_for_all_clip
-        ac._CLIP_REGISTRY.update(saved)
-    ac.load_clip.cache_clear()  # a Python worker runs many tasks; a checkpoint may change between runs
-    ac.load_clip_without_warmup.cache_clear()
+    _install_our_loader()
     return spec
 
 

@@ -80,7 +80,7 @@ def train_projections(model, img_feats, txt_feats, captions, params: AlignParams
     for p in trainable:
         p.requires_grad_(True)
     opt = torch.optim.AdamW(trainable, lr=params.lr, weight_decay=params.weight_decay)
-    groups = group_ids(captions)  # the four styles of one emoji share a caption: positives, not negatives
+    groups = group_ids(captions, img_feats.device)  # the four styles of one emoji share a caption: positives, not negatives
     n = img_feats.shape[0]
     steps = params.epochs * max(1, n // params.batch_size)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=params.lr, total_steps=steps, pct_start=0.1)

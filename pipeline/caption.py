@@ -57,18 +57,19 @@ class CaptionParams:
 class NearestNeighbourCaptioner:
     """Captions of the nearest corpus images (cosine, base model image embeddings), distinct texts only."""
 
-    def __init__(self, model_spec: str, corpus_emb_dir: str | Path, num_captions: int = 1, batch_size: int = 64, **_):
-        lm = create_model(model_spec)
-        self.model, self.preprocess = lm.model.eval(), lm.preprocess
+    def __init__(self, model_spec: str, corpus_emb_dir: str | Path, num_captions: int = 1, batch_size: int = 64,
+                 device: str = "cpu", **_):
+        lm = create_model(model_spec, device=device)
+        self.model, self.preprocess, self.device = lm.model.eval(), lm.preprocess, torch.device(device)
         emb = load_embeddings(corpus_emb_dir, "image")
         self.captions = list(load_metadata(Path(corpus_emb_dir) / "metadata")["caption"])
-        self.corpus = F.normalize(torch.from_numpy(emb), dim=-1)
+        self.corpus = F.normalize(torch.from_numpy(emb).to(self.device), dim=-1)
         self.num_captions = num_captions
         self.batch_size = batch_size
 
     @torch.inference_mode()
     def caption(self, images) -> list[list[str]]:
-        x = torch.stack([self.preprocess(im) for im in images])
+        x = torch.stack([self.preprocess(im) for im in images]).to(self.device)
         sims = F.normalize(self.model.encode_image(x), dim=-1) @ self.corpus.t()
         order = sims.argsort(dim=1, descending=True)
         out = []
@@ -98,7 +99,7 @@ def class_name_captions(finetune_dir: Path, classes_path: Path, skips: SkipCount
 def _captioner(params: CaptionParams, base_model_spec: str, corpus_emb_dir: Path, device: str):
     if params.backend == "nn":
         return create_captioner("nn", model_spec=base_model_spec, corpus_emb_dir=corpus_emb_dir,
-                                num_captions=params.num_captions, batch_size=params.batch_size)
+                                num_captions=params.num_captions, batch_size=params.batch_size, device=device)
     return create_captioner(params.backend, model_path=params.model_path, batch_size=params.batch_size,
                             num_captions=params.num_captions, max_new_tokens=params.max_new_tokens,
                             prompt=params.prompt, dtype=params.dtype, device=device)

@@ -38,7 +38,8 @@ def contrastive_loss(
     return (i2t + t2i) / 2
 
 
-def group_ids(values) -> torch.Tensor:
-    """Map hashable values (captions, labels) to dense group ids, equal values sharing an id."""
+def group_ids(values, device: torch.device | str | None = None) -> torch.Tensor:
+    """Map hashable values (captions, labels) to dense group ids, equal values sharing an id, on `device`
+    (the embeddings' device: the ids meet them in contrastive_loss)."""
     ids: dict = {}
-    return torch.tensor([ids.setdefault(v, len(ids)) for v in values], dtype=torch.long)
+    return torch.tensor([ids.setdefault(v, len(ids)) for v in values], dtype=torch.long, device=device)

@@ -203,8 +203,8 @@ def flyp_loss(step: Step) -> torch.Tensor:
 
 
 def caption_loss(image_emb: torch.Tensor, captions: list[str], step: Step, scale: float | None = None) -> torch.Tensor:
-    groups = group_ids(captions)  # identical captions (nearest-neighbour ones can repeat) are positives
-    logit_scale = step.logit_scale if scale is None else torch.tensor(scale)
+    groups = group_ids(captions, image_emb.device)  # identical captions (nearest-neighbour ones can repeat) are positives
+    logit_scale = step.logit_scale if scale is None else torch.tensor(scale, device=image_emb.device)
     return contrastive_loss(image_emb, step.encode_text(captions), logit_scale, groups, groups)
 
 

@@ -9,8 +9,8 @@ A model spec is a string:
   * `NAME:PATH`         a local checkpoint (an open_clip state dict, `.pt`), e.g. one our trainer wrote.
 
 Our own architectures are open_clip JSON configs in `pipeline/model_configs/`. A config may name a
-packaged asset as `${MINILM}`: it is resolved to the installed folder when the configs are
-registered, because the path differs per machine. A config's `preprocess_cfg` is ours (open_clip 2.x
+packaged asset as `${MINILM}`: it is resolved to the installed folder when that model is built (the
+path differs per machine, and a machine that builds only ViT-B-16 need not have the package). A config's `preprocess_cfg` is ours (open_clip 2.x
 ignores it for local configs), and is passed to open_clip as image_mean / image_std.
 """
 from __future__ import annotations
@@ -74,6 +74,7 @@ def _resolve(obj):
     return obj
 
 
+_WITH_ASSETS: dict[str, dict] = {}  # our configs as written, `${ASSET}`s unresolved until create_model
 _CONFIG_FOLDERS: list[Path] = []  # every folder registered in this process, in order
 
 
@@ -98,7 +99,7 @@ def register_model_configs(folder: Path = CONFIG_DIR) -> None:
         for path in sorted(f.glob("*.json")):
             cfg = json.loads(path.read_text())
             _PREPROCESS[path.stem] = cfg.pop("preprocess_cfg", {})
-            open_clip.factory._MODEL_CONFIGS[path.stem] = _resolve(cfg)
+            open_clip.factory._MODEL_CONFIGS[path.stem] = _WITH_ASSETS[path.stem] = cfg
         if f.resolve() not in _CONFIG_FOLDERS:
             _CONFIG_FOLDERS.append(f.resolve())
     if folder == CONFIG_DIR:
@@ -156,6 +157,8 @@ def create_model(spec: str | ModelSpec, device: str = "cpu") -> LoadedModel:
     register_model_configs()
     spec = ModelSpec.parse(spec) if isinstance(spec, str) else spec
     _check_available(spec)
+    if spec.name in _WITH_ASSETS:
+        open_clip.factory._MODEL_CONFIGS[spec.name] = _resolve(_WITH_ASSETS[spec.name])
     pp = _PREPROCESS.get(spec.name, {})
     kwargs = dict(image_mean=pp.get("mean"), image_std=pp.get("std"), image_interpolation=pp.get("interpolation"),
                   image_resize_mode=pp.get("resize_mode"))

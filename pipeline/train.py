@@ -6,6 +6,7 @@ budget can be checked for convergence without looking at any OOD set.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -349,7 +350,7 @@ def train(method_name: str, packed_dir: Path, base_spec: str, out_dir: Path, par
                 drawn_anchors = next(anchor_stream)
                 step.anchor_images = torch.stack([s["image"] for s in mine(drawn_anchors, b_anchor)]).to(device)
                 step.anchor_captions = everyone([s["txt"] for s in drawn_anchors])
-            with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+            with torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype else contextlib.nullcontext():
                 terms = loss_fn(step, method_params)
                 loss = sum(terms.values())
             opt.zero_grad(set_to_none=True)

@@ -180,7 +180,7 @@ def evaluate_wise(model_dir: Path, base_dir: Path, eval_root: Path, packed_dir: 
     device = dd.device
     lm = create_model(model_dir_spec(base_dir), device=str(device))
     base = {k: v.clone() for k, v in lm.model.state_dict().items()}
-    finetuned = read_state_dict(model_dir)
+    finetuned = {k: v.to(device) for k, v in read_state_dict(model_dir).items()}  # mixed with `base` on the device
     head = read_head(model_dir)
     changed = changed_parts(base, finetuned)
     budget = int(cache_gb * 1024 ** 3)

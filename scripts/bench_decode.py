@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Training-stream decoding throughput: img/s of `pipeline.train.SampleStream` at each worker count.
+"""Training-stream decoding throughput: img/s of `pipeline.stages.train.SampleStream` at each worker count.
 
     .venv/bin/python scripts/bench_decode.py [--images 200] [--seconds 10] [--workers 0,1,2] [--size 224]
 
@@ -45,8 +45,8 @@ def main() -> None:
 
     from open_clip.transform import image_transform
 
-    from pipeline.shards import SkipCounter, write_shards
-    from pipeline.train import SampleStream
+    from pipeline.io.shards import SkipCounter, write_shards
+    from pipeline.stages.train import SampleStream
 
     preprocess = image_transform(args.size, is_train=False)
     jpegs = synthetic_jpegs(args.images)

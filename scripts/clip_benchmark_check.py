@@ -9,7 +9,7 @@ seed*/ folders) and every eval set under --eval-root it runs `clip_benchmark eva
 --dataset_root <eval-root>/<set> --model <arch> --pretrained <checkpoint> --task zeroshot_classification`,
 reads its result JSONs, scores the same models with our own evaluation code, prints a table (model, set,
 ours, CLIP_benchmark, diff; acc1 in %) and exits 1 if any top-1 accuracy differs by more than --tol
-points (0.5). Ours: the scorer the WiSE-FT evaluation uses (`pipeline.wise.Scorer.classify` on
+points (0.5). Ours: the scorer the WiSE-FT evaluation uses (`pipeline.core.wise.Scorer.classify` on
 `read_eval_sets`, which is evaluate_wise at alpha 1). Both sides classify with the model's text tower: clip_benchmark has no notion of a trained
 classifier head, so a folder's head.pt (FT/LP methods) is not part of this check.
 
@@ -30,7 +30,7 @@ The clip_benchmark side
 
 Inputs checked before scoring (a mismatch is reported and fails the check, exit 2): clip_benchmark
 decodes with webdataset's "pil" handler (`Image.convert("RGB")`, which drops alpha and shows whatever
-colour lies under transparent pixels), we composite transparency on white (pipeline.shards.decode_image).
+colour lies under transparent pixels), we composite transparency on white (pipeline.io.shards.decode_image).
 Every image of every set is decoded both ways and compared; our export writes flattened RGB PNGs, so
 they must be identical. Class names and templates clip_benchmark used (dumped in its JSON) are compared
 with the ones we read.
@@ -138,7 +138,13 @@ def check_inputs(root: Path) -> list[str]:
     """Problems that would make clip_benchmark read a set differently from us (empty list: none)."""
     from PIL import Image
 
-    from pipeline.shards import IMAGE_EXTS, SkipCounter, decode_image, iter_samples, read_shard_info
+    from pipeline.io.shards import (
+        IMAGE_EXTS,
+        SkipCounter,
+        decode_image,
+        iter_samples,
+        read_shard_info,
+    )
 
     problems = []
     info = read_shard_info(root / "test")
@@ -175,7 +181,7 @@ def check_inputs(root: Path) -> list[str]:
 
 
 def our_prompts(root: Path) -> tuple[list[str], list[str]]:
-    """Class names and templates exactly as pipeline.evaluate.read_eval_set reads them."""
+    """Class names and templates exactly as pipeline.io.eval_sets.read_eval_set reads them."""
     classnames = (root / "classnames.txt").read_text().splitlines()
     templates = [t for t in (root / "zeroshot_classification_templates.txt").read_text().splitlines() if t.strip()]
     return classnames, templates
@@ -218,7 +224,7 @@ def clip_benchmark_argv(arch: str, checkpoint: Path, sets: list[Path], eval_root
 
 def run_clip_benchmark(model_dir: Path, tag: str, sets: list[Path], eval_root: Path, work: Path,
                        threads: int, amp: bool) -> Path:
-    from pipeline.models import ModelSpec, model_dir_spec
+    from pipeline.core.models import ModelSpec, model_dir_spec
 
     spec = ModelSpec.parse(model_dir_spec(model_dir))
     out_dir = work / "clip_benchmark" / tag
@@ -244,19 +250,19 @@ def run_clip_benchmark(model_dir: Path, tag: str, sets: list[Path], eval_root: P
 def run_ours(model_dirs: list[Path], tags: list[str], eval_root: Path, work: Path, threads: int) -> tuple[dict, str]:
     """Per-set metrics from our evaluation code; returns ({tag: {set: metrics}}, which entry point).
 
-    The scorer `evaluate_wise` runs (`pipeline.wise.Scorer`, at alpha 1) on the sets `read_eval_sets` reads,
+    The scorer `evaluate_wise` runs (`pipeline.core.wise.Scorer`, at alpha 1) on the sets `read_eval_sets` reads,
     classifying with the text tower (a classifier head, which clip_benchmark cannot use, is not loaded).
     """
     import torch
 
-    import pipeline.evaluate as ev
-    from pipeline.models import create_model, model_dir_spec
+    import pipeline.io.eval_sets as ev
+    from pipeline.core.models import create_model, model_dir_spec
 
     specs = {tag: model_dir_spec(d) for tag, d in zip(tags, model_dirs)}
     threads_before = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        from pipeline.wise import Scorer
+        from pipeline.core.wise import Scorer
 
         out, sets, key = {}, None, None
         for tag, spec in specs.items():
@@ -267,7 +273,7 @@ def run_ours(model_dirs: list[Path], tags: list[str], eval_root: Path, work: Pat
             out[tag] = {es.name: scorer.classify(es, None) for es in sets}
         (work / "ours").mkdir(parents=True, exist_ok=True)
         (work / "ours" / "per_set.json").write_text(json.dumps(out, indent=2) + "\n")
-        return out, "pipeline.wise.Scorer.classify (text tower) on pipeline.evaluate.read_eval_sets"
+        return out, "pipeline.core.wise.Scorer.classify (text tower) on pipeline.io.eval_sets.read_eval_sets"
     finally:
         torch.set_num_threads(threads_before)
 
@@ -278,7 +284,7 @@ def transform_text(tf) -> str:
 
 
 def our_transforms(model_dirs: list[Path]) -> dict[str, str]:
-    from pipeline.models import create_model, model_dir_spec
+    from pipeline.core.models import create_model, model_dir_spec
 
     out = {}
     for d in model_dirs:

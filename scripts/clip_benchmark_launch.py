@@ -7,13 +7,13 @@ Used by scripts/clip_benchmark_check.py, inside the clip_benchmark venv (.venv-c
 Everything after the script name is clip_benchmark's CLI, unchanged; clip_benchmark.cli.main() parses
 and runs it in this process. Two things are added before that, and nothing else is patched:
 
-1. Our open_clip JSON configs (pipeline/model_configs, `${MINILM}` resolved) are registered with open_clip
-   by `pipeline.models.register_model_configs()`, the same call our pipeline makes. Without it open_clip
+1. Our open_clip JSON configs (pipeline/core/model_configs, `${MINILM}` resolved) are registered with open_clip
+   by `pipeline.core.models.register_model_configs()`, the same call our pipeline makes. Without it open_clip
    does not know `arf-lite0-minilm`.
 2. A model type `open_clip_local` is added through clip_benchmark's model-loading hook
    (`clip_benchmark.models.TYPE2FUNC`, chosen with its `--model_type` option). Its loader is
    clip_benchmark's `load_open_clip` plus the config's `preprocess_cfg` passed as image_mean / image_std /
-   image_interpolation / image_resize_mode, exactly as `pipeline.models.create_model` passes them: open_clip
+   image_interpolation / image_resize_mode, exactly as `pipeline.core.models.create_model` passes them: open_clip
    2.x ignores a local config's preprocess_cfg, so the stock loader would normalise with the OpenAI
    mean/std instead of the 0.5/0.5 the model was trained with (measured with `--model_type open_clip` on
    models/base: 3.5 to 19 points lower top-1 on every eval set).
@@ -30,7 +30,7 @@ import sys
 
 import open_clip
 
-from pipeline.models import CONFIG_DIR, register_model_configs
+from pipeline.core.models import CONFIG_DIR, register_model_configs
 
 MODEL_TYPE = "open_clip_local"
 

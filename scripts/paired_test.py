@@ -9,9 +9,10 @@ as in the results table (a classifier head where it has one for the set's classe
 import argparse
 from pathlib import Path
 
-from pipeline.evaluate import mcnemar_p, read_eval_sets
-from pipeline.models import create_model, model_dir_spec, read_head
-from pipeline.wise import Scorer
+from pipeline.core.models import create_model, model_dir_spec, read_head
+from pipeline.core.scoring import mcnemar_p
+from pipeline.core.wise import Scorer
+from pipeline.io.eval_sets import read_eval_sets
 
 
 def scorer(model_dir: Path):

@@ -1,5 +1,5 @@
-"""DVC stage: align the default base model LiT-style on the corpus."""
-from pipeline.cli import run
+"""DVC stage `align`: `arf align` (pipeline/stages/align.py) on the arguments dvc.yaml gives."""
+from pipeline.stages import _command, align
 
 if __name__ == "__main__":
-    run(["align", "--corpus", "data/corpus", "--out", "models/base"])
+    _command.run(align.command)

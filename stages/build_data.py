@@ -1,6 +1,5 @@
-"""DVC stage `build_data`: the benchmark and corpus under data/: the embedded emoji default, or local
-datasets with `data.source: local` (logic in pipeline/datasets/)."""
-from pipeline.cli import run
+"""DVC stage `build_data`: `arf build_data` (pipeline/stages/build_data.py) on the arguments dvc.yaml gives."""
+from pipeline.stages import _command, build_data
 
 if __name__ == "__main__":
-    run(["build-data", "--out", "data"])
+    _command.run(build_data.command)

@@ -1,6 +1,5 @@
-"""DVC stage: caption the finetune images (backend from params caption.backend)."""
-from pipeline.cli import run
+"""DVC stage `caption`: `arf caption` (pipeline/stages/caption.py) on the arguments dvc.yaml gives."""
+from pipeline.stages import _command, caption
 
 if __name__ == "__main__":
-    run(["caption", "--finetune", "data/benchmark/finetune", "--base", "models/base", "--corpus-emb",
-         "data/corpus_emb", "--out", "data/captions/captions.jsonl"])
+    _command.run(caption.command)

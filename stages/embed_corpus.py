@@ -1,5 +1,5 @@
-"""DVC stage: embed the corpus with clip-retrieval's inference and the base model."""
-from pipeline.cli import run
+"""DVC stage `embed_corpus`: `arf embed_corpus` (pipeline/stages/embed_corpus.py) on the arguments dvc.yaml gives."""
+from pipeline.stages import _command, embed_corpus
 
-if __name__ == "__main__":  # required: clip-retrieval spawns helper processes that re-import this file
-    run(["embed-corpus", "--corpus", "data/corpus", "--base", "models/base", "--out", "data/corpus_emb"])
+if __name__ == "__main__":
+    _command.run(embed_corpus.command)

@@ -1,6 +1,5 @@
-"""DVC stage: embed the seen class prompts with the base text tower."""
-from pipeline.cli import run
+"""DVC stage `embed_prompts`: `arf embed_prompts` (pipeline/stages/embed_prompts.py) on the arguments dvc.yaml gives."""
+from pipeline.stages import _command, embed_prompts
 
 if __name__ == "__main__":
-    run(["embed-prompts", "--classes", "data/benchmark/classes.json", "--base", "models/base", "--out",
-         "data/prompts/seen.npz", "--split", "seen"])
+    _command.run(embed_prompts.command)

@@ -1,5 +1,5 @@
-"""DVC stage: the anchor gallery, a static HTML page of anchors and captioned finetune images."""
-from pipeline.cli import run
+"""DVC stage `gallery`: `arf gallery` (pipeline/stages/gallery.py) on the arguments dvc.yaml gives."""
+from pipeline.stages import _command, gallery
 
 if __name__ == "__main__":
-    run(["gallery", "--out", "results/gallery.html"])
+    _command.run(gallery.command)

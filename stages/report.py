@@ -1,5 +1,5 @@
-"""DVC stage: the results table, WiSE-FT curves and plots from results/eval/ -> results/."""
-from pipeline.cli import run
+"""DVC stage `report`: `arf report` (pipeline/stages/report.py) on the arguments dvc.yaml gives."""
+from pipeline.stages import _command, report
 
 if __name__ == "__main__":
-    run(["report", "--eval-dir", "results/eval", "--out", "results"])
+    _command.run(report.command)

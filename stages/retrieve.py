@@ -1,6 +1,5 @@
-"""DVC stage: index the corpus embeddings and retrieve k anchor pairs per seen class."""
-from pipeline.cli import run
+"""DVC stage `retrieve`: `arf retrieve` (pipeline/stages/retrieve.py) on the arguments dvc.yaml gives."""
+from pipeline.stages import _command, retrieve
 
 if __name__ == "__main__":
-    run(["retrieve", "--emb", "data/corpus_emb", "--prompts", "data/prompts/seen.npz",
-         "--index", "data/corpus_index", "--out", "data/anchors"])
+    _command.run(retrieve.command)

@@ -55,7 +55,12 @@ def build_tiny_blip(folder: str | Path, seed: int = 0) -> Path:
     as BOS, as the real Salesforce BLIP checkpoints have it.
     """
     import torch
-    from transformers import BertTokenizer, BlipConfig, BlipForConditionalGeneration, BlipProcessor
+    from transformers import (
+        BertTokenizer,
+        BlipConfig,
+        BlipForConditionalGeneration,
+        BlipProcessor,
+    )
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -127,7 +132,12 @@ def build_tiny_blip2(folder: str | Path, seed: int = 0, num_query_tokens: int = 
     and the processor carries `num_query_tokens`, so prompts get their image placeholders.
     """
     import torch
-    from transformers import Blip2Config, Blip2ForConditionalGeneration, Blip2Processor, OPTConfig
+    from transformers import (
+        Blip2Config,
+        Blip2ForConditionalGeneration,
+        Blip2Processor,
+        OPTConfig,
+    )
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from pipeline.datasets.layouts import imagenet_classnames, imagenet_synsets
+from pipeline.data.layouts import imagenet_classnames, imagenet_synsets
 
 # ImageNet classes the fixture finetunes on (indices into the 1000): tench, goldfish, great white shark, ...
 FINETUNE_IDX = [0, 1, 2, 6]

@@ -28,7 +28,7 @@ SHAPES = ("square", "circle", "stripes", "dots")
 
 def register_test_models() -> None:
     """Register the configs in tests/model_configs (tiny-clip) with open_clip, in this process."""
-    from pipeline.models import register_model_configs
+    from pipeline.core.models import register_model_configs
 
     register_model_configs(TEST_MODEL_CONFIGS)
 
@@ -37,7 +37,7 @@ def make_tiny_checkpoint(tmp: str | Path, name: str = TINY_MODEL, seed: int = 0)
     """Randomly initialised (seeded) model `name` saved as an open_clip checkpoint; returns (name, path)."""
     import torch
 
-    from pipeline.models import create_model, save_checkpoint
+    from pipeline.core.models import create_model, save_checkpoint
 
     register_test_models()
     path = Path(tmp) / f"{name}-seed{seed}.pt"
@@ -112,7 +112,7 @@ def make_corpus_shards(
     Samples at indices in `corrupt` get a truncated PNG (valid header, cut in the middle of the data),
     those in `rgba` a transparent background. Returns (root, samples in write order).
     """
-    from pipeline.shards import write_shards
+    from pipeline.io.shards import write_shards
 
     corrupt, rgba = set(corrupt), set(rgba)
     samples = []
@@ -132,7 +132,7 @@ def encode_texts(model_spec: str, texts: Sequence[str]) -> np.ndarray:
     """L2-normalised text embeddings of `texts` (float32) with the model's text tower."""
     import torch
 
-    from pipeline.models import create_model
+    from pipeline.core.models import create_model
 
     loaded = create_model(model_spec)
     loaded.model.eval()

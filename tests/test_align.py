@@ -2,10 +2,10 @@
 import json
 
 import torch
-
 from helpers import make_corpus_shards
-from pipeline.align import AlignParams, align_base
-from pipeline.models import DEFAULT_MODEL, create_model
+
+from pipeline.core.models import DEFAULT_MODEL, create_model
+from pipeline.stages.align import AlignParams, align_base
 
 
 def test_alignment_trains_only_projections_and_is_deterministic(tmp_path):

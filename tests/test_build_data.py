@@ -14,15 +14,19 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from pipeline.datasets import AssetPaths, DataParams, build_default_data
-from pipeline.datasets.assets import ASSETS_ENV
-from pipeline.datasets import default as default_mod
-from pipeline.datasets.clipart import clean_oca_caption, tux_caption
-from pipeline.datasets.fixtures import SUBCATS, VARIANTS, make_fake_assets
-from pipeline.datasets.default import EVAL_SETS, DataLeakError
-from pipeline.datasets.emoji import STYLES
-from pipeline.params import ParamsError, parse_section
-from pipeline.shards import iter_samples, read_shard_info
+from pipeline.config import ParamsError, parse_section
+from pipeline.data import default as default_mod
+from pipeline.data.assets import ASSETS_ENV, AssetPaths
+from pipeline.data.clipart import clean_oca_caption, tux_caption
+from pipeline.data.default import (
+    EVAL_SETS,
+    DataLeakError,
+    DataParams,
+    build_default_data,
+)
+from pipeline.data.emoji import STYLES
+from pipeline.io.shards import iter_samples, read_shard_info
+from fake_assets import SUBCATS, VARIANTS, make_fake_assets
 
 PARAMS = dict(
     seed=3, image_size=24, min_class_size=3, unseen_fraction=0.4, val_fraction=0.15, test_fraction=0.3,
@@ -340,7 +344,7 @@ def test_leak_check_catches_test_emoji_in_train():
 
 
 def test_leak_check_catches_near_duplicate_variants():
-    from pipeline.datasets.emoji import Emoji
+    from pipeline.data.emoji import Emoji
 
     man, woman = "1F468-200D-1F3EB", "1F469-200D-1F3EB"
     sets = {name: [] for name in ("finetune", "val", *EVAL_SETS)}

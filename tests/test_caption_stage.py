@@ -2,10 +2,11 @@
 import json
 
 import pytest
-
 from fixtures_captioners import build_tiny_blip, build_tiny_blip2
 from helpers import make_corpus_shards, make_tiny_checkpoint
-from pipeline.caption import CaptionParams, caption_finetune_set, read_captions
+
+from pipeline.io.records import read_captions
+from pipeline.stages.caption import CaptionParams, caption_finetune_set
 
 
 @pytest.fixture(scope="module")
@@ -29,7 +30,7 @@ def test_blip_backends_write_one_record_per_readable_sample(tmp_path, finetune, 
 
 
 def test_nn_backend_gives_the_caption_of_the_nearest_corpus_image(tmp_path, finetune):
-    from pipeline.retrieve import embed_corpus
+    from pipeline.stages.embed_corpus import embed_corpus
 
     root, samples = finetune
     name, ckpt = make_tiny_checkpoint(tmp_path)
@@ -57,7 +58,7 @@ def test_missing_local_blip_folder_is_one_line(tmp_path, finetune):
 
 
 def test_classname_backend_captions_each_image_with_its_class_name(tmp_path):
-    from pipeline.shards import iter_samples, write_shards
+    from pipeline.io.shards import iter_samples, write_shards
 
     src, _ = make_corpus_shards(tmp_path / "src", 4, size=32)
     rows = [{"__key__": s["__key__"], "png": s["png"], "cls": str(i % 2)} for i, s in enumerate(iter_samples(src))]
@@ -77,7 +78,7 @@ def test_classname_backend_captions_each_image_with_its_class_name(tmp_path):
 CAPTION_SCRIPT = """
 import sys
 from pathlib import Path
-from pipeline.caption import CaptionParams, caption_finetune_set
+from pipeline.stages.caption import CaptionParams, caption_finetune_set
 root, folder, out = sys.argv[1:4]
 params = CaptionParams(backend="blip", model_path=folder, batch_size=2, max_new_tokens=4)
 caption_finetune_set(Path(root), Path(out), params, base_model_spec="", corpus_emb_dir=Path(out).parent)
@@ -90,7 +91,7 @@ def test_captioning_resumes_per_shard_and_splits_over_torchrun_ranks(tmp_path, m
     import subprocess
     import sys
 
-    import pipeline.caption as cap
+    import pipeline.stages.caption as cap
 
     root, _ = make_corpus_shards(tmp_path / "ft", 9, size=32, max_per_shard=3)
     folder = build_tiny_blip(tmp_path / "blip")

@@ -12,10 +12,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline import captioners
-from pipeline.captioners import (
-    Blip2Captioner,
-    BlipCaptioner,
+from pipeline.core.captioners import registry as captioners
+from pipeline.core.captioners.blip import Blip2Captioner, BlipCaptioner
+from pipeline.core.captioners.registry import (
     Captioner,
     caption_dataset,
     create_captioner,

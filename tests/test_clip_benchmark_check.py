@@ -18,9 +18,8 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from PIL import Image
-
 from helpers import TINY_MODEL, make_tiny_checkpoint, png_bytes, synthetic_image
+from PIL import Image
 
 SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "clip_benchmark_check.py"
 
@@ -135,7 +134,7 @@ def test_ours_on_a_tiny_model_predicts_what_clip_benchmark_predicts(cbc, tmp_pat
     """Each set is labelled with clip_benchmark's predictions, so ours scores 100 only if every one of its
     predictions is the same (a random tiny model's accuracy alone would not notice a changed
     normalisation; its predictions do)."""
-    from pipeline.models import create_model
+    from pipeline.core.models import create_model
 
     name, ckpt = make_tiny_checkpoint(tmp_path)
     model_dir = tmp_path / "models" / "tiny"

@@ -4,16 +4,22 @@ import contextlib
 
 import pytest
 import torch
-
 from fixtures_captioners import build_tiny_blip, build_tiny_blip2
 from helpers import make_corpus_shards, make_tiny_checkpoint, weight_diffs
 from simulated_device import SIMULATED, DeviceMismatch, simulated_accelerator
 from test_train import setup  # noqa: F401  (the tiny packed data and base model)
 from test_wise_report import tiny  # noqa: F401  (a base, a finetuned model with a head, eval sets)
-from pipeline.methods import ArfParams, ArfTcaParams, NoParams, get_method, list_methods
-from pipeline.models import model_dir_spec
-from pipeline.train import TrainParams, train
-from pipeline.wise import evaluate_wise
+
+from pipeline.core.methods import (
+    ArfParams,
+    ArfTcaParams,
+    NoParams,
+    get_method,
+    list_methods,
+)
+from pipeline.core.models import model_dir_spec
+from pipeline.stages.evaluate import evaluate_wise
+from pipeline.stages.train import TrainParams, train
 
 SIM = str(SIMULATED)
 
@@ -77,9 +83,10 @@ def test_wise_evaluation_scores_on_a_strict_device_as_on_the_cpu(tiny):  # noqa:
 
 @pytest.mark.parametrize("backend", ["nn", "blip", "blip2"])
 def test_captioners_caption_on_a_strict_device_as_on_the_cpu(tmp_path, monkeypatch, backend):
-    import pipeline.captioners as captioners
-    from pipeline.caption import CaptionParams, caption_finetune_set, read_captions
-    from pipeline.retrieve import embed_corpus
+    import pipeline.core.captioners.blip as captioners
+    from pipeline.io.records import read_captions
+    from pipeline.stages.caption import CaptionParams, caption_finetune_set
+    from pipeline.stages.embed_corpus import embed_corpus
 
     monkeypatch.setattr(captioners, "_resolve_device", lambda device, backend: device)  # it knows cpu and cuda only
     finetune, _ = make_corpus_shards(tmp_path / "finetune", 5, size=32)

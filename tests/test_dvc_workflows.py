@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipeline.datasets.fixtures import make_fake_assets as make_assets
+from fake_assets import make_fake_assets as make_assets
 
 REPO = Path(__file__).resolve().parents[1]
 VENV_BIN = Path(sys.executable).parent

@@ -7,10 +7,10 @@ import re
 from pathlib import Path
 
 import pytest
-
 from helpers import make_corpus_shards, png_bytes, synthetic_image
-from pipeline.gallery import write_gallery
-from pipeline.shards import write_shards
+
+from pipeline.io.shards import write_shards
+from pipeline.stages.gallery import write_gallery
 
 CLASSES = ["alpha", "beta & <b>", "gamma"]
 CORRUPT = 3  # corpus index whose PNG is truncated

@@ -7,13 +7,26 @@ from pathlib import Path
 
 import pytest
 import torch
+from fixtures_layouts import (
+    DOMAINNET_CLASSES,
+    FINETUNE_IDX,
+    SUBSET_IDX,
+    make_all,
+    make_domainnet,
+    make_objectnet,
+)
 
-from pipeline.datasets.layouts import LayoutError, imagenet_classnames, imagenet_synsets, in_val_split, read_layout
-from pipeline.datasets.local import LocalDataParams, import_local_data
-from pipeline.evaluate import read_eval_set
-from pipeline.params import ParamsError
-from pipeline.shards import iter_samples, read_shard_info
-from fixtures_layouts import (DOMAINNET_CLASSES, FINETUNE_IDX, SUBSET_IDX, make_all, make_domainnet, make_objectnet)
+from pipeline.config import ParamsError
+from pipeline.data.layouts import (
+    LayoutError,
+    imagenet_classnames,
+    imagenet_synsets,
+    in_val_split,
+    read_layout,
+)
+from pipeline.data.local import LocalDataParams, import_local_data
+from pipeline.io.eval_sets import read_eval_set
+from pipeline.io.shards import iter_samples, read_shard_info
 
 
 @pytest.fixture(scope="module")
@@ -65,7 +78,7 @@ def test_objectnet_mapping_against_hand_checked_case(fx):
 
     sample = next(ls.samples())
     assert sample.ext == "png" and Image.open(io.BytesIO(sample.read())).size == (20, 20)  # 24 px less 2 a side
-    from pipeline.evaluate import EvalSet
+    from pipeline.io.eval_sets import EvalSet
 
     es = EvalSet("o", Path("."), ls.classnames, ["{c}"], torch.zeros(2, 3, 1, 1), torch.tensor([0, 1]),
                  projection=ls.projection.to_json())
@@ -227,8 +240,9 @@ def test_import_refuses_shift_sets_of_other_classes_and_missing_parts(fx, tmp_pa
 def test_large_eval_sets_stream_and_score_the_same(fx, tmp_path, monkeypatch):
     from helpers import make_tiny_checkpoint
 
-    import pipeline.evaluate as ev
-    from pipeline.models import create_model
+    import pipeline.io.eval_sets as ev
+    from pipeline.core.models import create_model
+    from pipeline.core.scoring import image_features
 
     import_local_data(tmp_path, local_params(fx))
     name, ckpt = make_tiny_checkpoint(tmp_path)
@@ -239,8 +253,8 @@ def test_large_eval_sets_stream_and_score_the_same(fx, tmp_path, monkeypatch):
     streamed = read_eval_set(root, lm.preprocess)
     assert isinstance(cached.images, torch.Tensor) and isinstance(streamed.images, ev.ImageStream)
     assert torch.equal(cached.labels, streamed.labels) and len(streamed.images) == len(cached.labels)
-    a = ev.image_features(lm.model, cached.images, batch_size=5)
-    b = ev.image_features(lm.model, ev.ImageStream(streamed.images.shards, streamed.images.keys, lm.preprocess, 5))
+    a = image_features(lm.model, cached.images, batch_size=5)
+    b = image_features(lm.model, ev.ImageStream(streamed.images.shards, streamed.images.keys, lm.preprocess, 5))
     assert torch.allclose(a, b, atol=1e-6)
 
 
@@ -248,8 +262,8 @@ def test_the_pixel_cache_budget_is_shared_by_all_eval_sets(fx, tmp_path):
     """evaluate.cache_gb is one budget per process: sets are kept in name order while it lasts."""
     from helpers import make_tiny_checkpoint
 
-    import pipeline.evaluate as ev
-    from pipeline.models import create_model
+    import pipeline.io.eval_sets as ev
+    from pipeline.core.models import create_model
 
     import_local_data(tmp_path, local_params(fx))
     name, ckpt = make_tiny_checkpoint(tmp_path)
@@ -267,7 +281,7 @@ def test_the_pixel_cache_budget_is_shared_by_all_eval_sets(fx, tmp_path):
 def test_corpus_shards_count_samples_without_stats_files(tmp_path):
     from fixtures_layouts import make_img2dataset_corpus
 
-    from pipeline.datasets.local import corpus_shards
+    from pipeline.data.local import corpus_shards
 
     corpus = make_img2dataset_corpus(tmp_path, shards=2, per_shard=7)
     with_stats = corpus_shards(corpus)

@@ -4,8 +4,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from pipeline.losses import contrastive_loss, group_ids
-from pipeline.methods import get_method, list_methods
+from pipeline.core.losses import contrastive_loss, group_ids
+from pipeline.core.methods import get_method, list_methods
 
 
 def test_contrastive_loss_matches_hand_computed_clip_loss():
@@ -70,7 +70,7 @@ class StubModel(torch.nn.Module):
 
 
 def _step(**kw):
-    from pipeline.methods import Step
+    from pipeline.core.methods import Step
 
     images = {0: torch.tensor([1.0, 0.0]), 1: torch.tensor([0.0, 1.0]), 2: torch.tensor([0.6, 0.8])}
     texts = {"p0": torch.tensor([1.0, 0.0]), "p1": torch.tensor([0.0, 1.0]), "cap a": torch.tensor([0.8, 0.6]),
@@ -82,7 +82,7 @@ def _step(**kw):
 
 
 def test_head_cross_entropy_by_hand():
-    from pipeline.methods import head_ce_loss
+    from pipeline.core.methods import head_ce_loss
 
     step, _ = _step(head=torch.tensor([[1.0, 0.0], [0.6, 0.8]]), head_scale=3.0)
     # logits = 3 * [[1, 0.6], [0, 0.8]]; labels 0, 1
@@ -92,7 +92,7 @@ def test_head_cross_entropy_by_hand():
 
 
 def test_arf_terms_are_flyp_plus_weighted_caption_and_anchor_losses_by_hand():
-    from pipeline.methods import ArfItaParams, ArfParams, ArfTcaParams
+    from pipeline.core.methods import ArfItaParams, ArfParams, ArfTcaParams
 
     step, ids = _step(anchor_images=None, anchor_captions=["anc"])
     step.anchor_images = ids(2)
@@ -118,8 +118,7 @@ def test_arf_terms_are_flyp_plus_weighted_caption_and_anchor_losses_by_hand():
 
 
 def test_registry_holds_every_method_with_its_parts():
-    from pipeline.methods import HEAD, IMAGE, TEXT
-    from pipeline.train import MethodsParams
+    from pipeline.core.methods import HEAD, IMAGE, TEXT, MethodsParams
 
     assert list_methods() == ["arf", "arf_ita", "arf_tca", "flyp", "ft", "lp", "lpft", "zeroshot"]
     assert get_method("zeroshot").phases == () and not get_method("zeroshot").trains
@@ -133,7 +132,7 @@ def test_registry_holds_every_method_with_its_parts():
 
 
 def test_anchor_temperature_and_joint_mixing_by_hand():
-    from pipeline.methods import ArfParams
+    from pipeline.core.methods import ArfParams
 
     step, ids = _step(anchor_captions=["anc"])
     step.anchor_images = ids(2)

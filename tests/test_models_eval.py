@@ -3,9 +3,15 @@ import json
 import pytest
 import torch
 
-from pipeline.evaluate import classification_metrics
-from pipeline.models import (DEFAULT_MODEL, ModelNotAvailable, ModelSpec, create_model, model_dir_spec,
-                             write_model_dir)
+from pipeline.core.models import (
+    DEFAULT_MODEL,
+    ModelNotAvailable,
+    ModelSpec,
+    create_model,
+    model_dir_spec,
+    write_model_dir,
+)
+from pipeline.core.scoring import classification_metrics
 
 
 def test_model_spec_parsing():
@@ -76,7 +82,7 @@ def test_classification_metrics_by_hand():
 
 
 def test_mcnemar_exact_p_by_hand():
-    from pipeline.evaluate import mcnemar_p
+    from pipeline.core.scoring import mcnemar_p
 
     a = torch.tensor([True] * 6 + [False] * 4)
     b = torch.tensor([True] * 2 + [False] * 4 + [True] * 1 + [False] * 3)

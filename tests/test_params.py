@@ -3,7 +3,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipeline.params import ParamsError, load_params_file, load_stage_params
+from pipeline.config import ParamsError
+from pipeline.stages import load_params
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -17,7 +18,7 @@ def write_params(tmp_path, mutate) -> Path:
 
 
 def test_repo_params_file_is_valid():
-    sections = load_params_file(REPO / "params.yaml")
+    sections = load_params(REPO / "params.yaml")
     assert {"data", "align", "caption", "retrieve", "pack", "train", "methods"} <= set(sections)
     assert sections["methods"].arf.lambda_ita >= 0
 
@@ -34,7 +35,7 @@ def test_repo_params_file_is_valid():
 def test_bad_params_fail_with_one_line_naming_the_key(tmp_path, mutate, key):
     path = write_params(tmp_path, mutate)
     with pytest.raises(ParamsError) as err:
-        load_stage_params("train", path)
+        load_params(path)["train"]
     message = str(err.value)
     assert key in message and "\n" not in message and str(path) in message
 

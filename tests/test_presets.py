@@ -22,7 +22,7 @@ from fixtures_captioners import build_tiny_blip, build_tiny_blip2
 from fixtures_layouts import make_preset_tree
 from helpers import TEST_MODEL_CONFIGS, make_tiny_checkpoint
 
-from pipeline.params import load_params_file
+from pipeline.stages import load_params
 
 REPO = Path(__file__).resolve().parents[1]
 PRESETS = sorted(p.stem for p in (REPO / "presets").glob("*.yaml"))
@@ -32,7 +32,7 @@ VENV_BIN = Path(sys.executable).parent
 def test_presets_are_complete_params_files():
     assert PRESETS == ["domainnet", "imagenet"]
     for name in PRESETS:
-        params = load_params_file(REPO / "presets" / f"{name}.yaml")
+        params = load_params(REPO / "presets" / f"{name}.yaml")
         local = params["data"].local
         assert params["data"].source == "local" and params["align"].model == "ViT-B-16:openai"
         assert params["caption"].backend == "blip2"
@@ -148,7 +148,7 @@ def test_missing_dataset_or_weights_stop_with_one_line_naming_path_and_layout(tm
         lines = [line for line in proc.stderr.splitlines() if line.strip()]
         assert proc.returncode == 1 and len(lines) == 1 and expected in lines[0], proc.stderr[-2000:]
     assert not (tmp_path / "data" / "benchmark").exists() and not (tmp_path / "models").exists()
-    from pipeline.captioners import create_captioner
+    from pipeline.core.captioners.registry import create_captioner
 
     with pytest.raises(ValueError, match=r"blip2-opt-2.7b'?: not a local folder .*point caption.model_path at the folder"):
         create_captioner("blip2", model_path=preset["caption"]["model_path"])

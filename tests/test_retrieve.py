@@ -9,11 +9,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import (
+    make_corpus_shards,
+    make_prompts_npz,
+    make_tiny_checkpoint,
+    write_prompts_npz,
+)
 
-from helpers import make_corpus_shards, make_prompts_npz, make_tiny_checkpoint, write_prompts_npz
-from pipeline import retrieve
-from pipeline.params import ParamsError, load_stage_params, parse_section
-from pipeline.shards import decode_image
+from pipeline.config import ParamsError, parse_section
+from pipeline.io import embeddings as retrieve
+from pipeline.io.shards import decode_image
+from pipeline.stages import load_params
 
 N_SAMPLES = 20
 CORRUPT = 3
@@ -38,7 +44,7 @@ def built(tmp_path_factory):
 def _encode_images(spec, images, mean_std=None):
     from open_clip.transform import image_transform
 
-    from pipeline.models import create_model
+    from pipeline.core.models import create_model
 
     loaded = create_model(spec)
     loaded.model.eval()
@@ -92,13 +98,14 @@ def test_embed_corpus_matches_our_model(built):
                                                     (0.26862954, 0.26130258, 0.27577711)))
     assert np.abs(openai - theirs).max() > 20 * FP16_ATOL
     i_rgba = [s.key for s in good].index(samples[RGBA].key)
-    from PIL import Image
     import io
+
+    from PIL import Image
 
     dropped_alpha = _encode_images(spec, [Image.open(io.BytesIO(samples[RGBA].png)).convert("RGB")])
     assert np.abs(dropped_alpha[0] - theirs[i_rgba]).max() > 20 * FP16_ATOL
 
-    from pipeline.models import create_model
+    from pipeline.core.models import create_model
 
     loaded = create_model(spec)
     loaded.model.eval()
@@ -113,7 +120,7 @@ def test_all_clip_hook_uses_our_factory(built):
     import all_clip.main as ac
 
     before = list(ac._CLIP_REGISTRY)
-    with retrieve._all_clip_uses_our_models():
+    with retrieve.all_clip_uses_our_models():
         assert list(ac._CLIP_REGISTRY)[0] == retrieve.ALL_CLIP_PREFIX
         model, preprocess, tokenizer = ac.load_clip_without_warmup(
             retrieve.ALL_CLIP_PREFIX + built["spec"], False, "cpu", None)
@@ -132,7 +139,7 @@ def test_embed_corpus_leaves_no_partial_output(built, monkeypatch):
     children = set(multiprocessing.active_children())
 
     # 1. the model cannot be loaded (fails inside clip-retrieval, after its logger process started)
-    from pipeline.models import ModelNotAvailable
+    from pipeline.core.models import ModelNotAvailable
 
     with pytest.raises(ModelNotAvailable):
         retrieve.embed_corpus(built["corpus"], f"tiny-clip:{tmp / 'missing.pt'}", out, batch_size=8)
@@ -351,15 +358,15 @@ def test_params_k_zero_is_a_one_line_error(tmp_path):
     p = tmp_path / "params.yaml"
     p.write_text("retrieve:\n  k_per_class: 0\n")
     with pytest.raises(ParamsError) as e:
-        load_stage_params("retrieve", p)
+        load_params(p)["retrieve"]
     msg = str(e.value)
     assert "retrieve.k_per_class" in msg and "\n" not in msg
     p.write_text("retrieve:\n  target: caption\n")
     with pytest.raises(ParamsError, match=r"retrieve\.target"):
-        load_stage_params("retrieve", p)
+        load_params(p)["retrieve"]
     p.write_text("retrieve:\n  max_index_memory_usage: lots\n")
     with pytest.raises(ParamsError, match=r"retrieve\.max_index_memory_usage"):
-        load_stage_params("retrieve", p)
+        load_params(p)["retrieve"]
 
 
 def test_params_yaml_sections_parse():

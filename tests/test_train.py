@@ -3,12 +3,12 @@ import json
 
 import pytest
 import torch
-
 from helpers import make_corpus_shards, make_tiny_checkpoint, weight_diffs
-from pipeline.methods import ArfParams, NoParams
-from pipeline.models import create_model, model_dir_spec, write_model_dir
-from pipeline.shards import iter_samples, write_shards
-from pipeline.train import TrainParams, train
+
+from pipeline.core.methods import ArfParams, NoParams
+from pipeline.core.models import create_model, model_dir_spec, write_model_dir
+from pipeline.io.shards import iter_samples, write_shards
+from pipeline.stages.train import TrainParams, train
 
 CLASSES = ["red", "green", "blue", "yellow", "purple"]
 
@@ -79,8 +79,8 @@ def test_a_different_seed_gives_a_different_run(setup):
 
 
 def test_head_methods_train_only_their_parts_from_the_zero_shot_head(setup):
-    from pipeline.embed import zeroshot_head
-    from pipeline.models import read_head
+    from pipeline.core.encode import zeroshot_head
+    from pipeline.core.models import read_head
 
     tmp, _ = setup
     base = weights(tmp / "base")
@@ -117,7 +117,7 @@ def test_a_killed_run_resumes_from_its_checkpoint_and_ends_bit_identical(setup, 
     """Uninterrupted vs killed after step kill_at and started again (checkpoints every 2 steps): the
     same weights, head and loss history. LP-FT is killed in its second phase (steps 4-6); ARF also with
     decoding workers, whose read-ahead must not count as consumed."""
-    import pipeline.train as tr
+    import pipeline.stages.train as tr
 
     tmp, packed = setup
     spec = model_dir_spec(tmp / "base")
@@ -152,7 +152,7 @@ def test_a_killed_run_resumes_from_its_checkpoint_and_ends_bit_identical(setup, 
 
 
 def test_a_resume_state_of_other_params_is_ignored(setup, caplog):
-    import pipeline.train as tr
+    import pipeline.stages.train as tr
 
     tmp, packed = setup
     spec = model_dir_spec(tmp / "base")
@@ -177,8 +177,8 @@ def test_bf16_autocast_trains_close_to_fp32(setup):
 DDP_SCRIPT = """
 import json, sys
 from pathlib import Path
-from pipeline.methods import get_method
-from pipeline.train import TrainParams, train
+from pipeline.core.methods import get_method
+from pipeline.stages.train import TrainParams, train
 method, packed, base, out, split, micro = sys.argv[1:7]
 p = TrainParams(steps=3, batch_size=6, anchor_batch_size=4, lr=1e-3, warmup_steps=1, eval_every=1, data_split=split,
                 micro_batch_size=int(micro) or None)
@@ -196,7 +196,7 @@ def test_two_gloo_processes_match_one_process_at_the_same_global_batch(setup, tm
     import subprocess
     import sys
 
-    from pipeline.models import model_dir_spec
+    from pipeline.core.models import model_dir_spec
 
     tmp, packed = setup
     script = tmp_path / "ddp_train.py"
@@ -228,8 +228,8 @@ def test_two_gloo_processes_match_one_process_at_the_same_global_batch(setup, tm
 def test_shard_split_gives_each_rank_its_own_shards(tmp_path):
     from helpers import make_corpus_shards
 
-    from pipeline.shards import SkipCounter
-    from pipeline.train import raw_stream
+    from pipeline.io.shards import SkipCounter
+    from pipeline.stages.train import raw_stream
 
     root, _ = make_corpus_shards(tmp_path / "c", 12, max_per_shard=3)  # 4 shards
     keys = {}
@@ -244,7 +244,7 @@ def test_shard_split_gives_each_rank_its_own_shards(tmp_path):
 def test_nproc_per_node_relaunches_the_command_under_torchrun(monkeypatch):
     import sys
 
-    import pipeline.distributed as tr
+    import pipeline.core.distributed as tr
 
     calls = []
     monkeypatch.setattr(tr.os, "execv", lambda exe, args: calls.append(args))
@@ -285,7 +285,7 @@ def test_decoding_workers_leave_the_run_bit_identical(setup, monkeypatch, method
     in the training process (they decode ahead in stream order), and stop with the run."""
     import multiprocessing
 
-    import pipeline.train as tr
+    import pipeline.stages.train as tr
 
     running = []
     real_log = tr._log

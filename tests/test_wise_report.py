@@ -4,12 +4,13 @@ import statistics
 
 import pytest
 import torch
-
 from helpers import make_corpus_shards, make_tiny_checkpoint
-from pipeline.models import create_model, model_dir_spec, write_model_dir
-from pipeline.report import markdown_table, summarize, write_report
-from pipeline.shards import iter_samples, write_shards
-from pipeline.wise import changed_parts, evaluate_wise, interpolate, retrieval_r1
+
+from pipeline.core.models import create_model, model_dir_spec, write_model_dir
+from pipeline.core.wise import changed_parts, interpolate, retrieval_r1
+from pipeline.io.shards import iter_samples, write_shards
+from pipeline.stages.evaluate import evaluate_wise
+from pipeline.stages.report import markdown_table, summarize, write_report
 
 CLASSES = ["red", "green", "blue", "yellow", "purple"]
 
@@ -88,8 +89,9 @@ def _eval(tiny, model, alphas, out):
 
 
 def test_wise_alpha_zero_is_the_base_and_alpha_one_the_finetuned_model(tiny):
-    from pipeline.embed import zeroshot_head
-    from pipeline.evaluate import classification_metrics, image_features, read_eval_set
+    from pipeline.core.encode import zeroshot_head
+    from pipeline.core.scoring import classification_metrics, image_features
+    from pipeline.io.eval_sets import read_eval_set
 
     tmp, eval_root, _ = tiny
     base = {(r["dataset"]): r for r in _eval(tiny, "base", [0.0], "base.jsonl")}
@@ -124,18 +126,19 @@ def test_wise_evaluation_is_deterministic(tiny):
 DDP_EVAL_SCRIPT = """
 import json, os, sys
 from pathlib import Path
-import pipeline.evaluate as ev
-import pipeline.wise as wise
+import pipeline.core.scoring as scoring
+import pipeline.core.wise as wise
+import pipeline.stages.evaluate as evaluate
 
 tmp, out = Path(sys.argv[1]), Path(sys.argv[2])
 encoded = {}
 def counting(model, images, batch_size=256):
-    feats = ev.image_features(model, images, batch_size)
+    feats = scoring.image_features(model, images, batch_size)
     encoded[len(encoded)] = len(feats)
     return feats
 wise.image_features = counting
-wise.evaluate_wise(tmp / "ft", tmp / "base", tmp / "eval", tmp / "packed", tmp / "heldout", [0.5, 1.0], out,
-                   {"method": "ft"})
+evaluate.evaluate_wise(tmp / "ft", tmp / "base", tmp / "eval", tmp / "packed", tmp / "heldout", [0.5, 1.0], out,
+                       {"method": "ft"})
 Path(f"{out}.rank{os.environ.get('RANK', 0)}.json").write_text(json.dumps(list(encoded.values())))
 """
 

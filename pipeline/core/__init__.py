@@ -1,0 +1,2 @@
+"""What the stages compute with: models, losses, methods, encoding and scoring, WiSE-FT, distributed
+runs, captioners. Imports no stage."""

@@ -1,0 +1,64 @@
+"""Batched encoding of shard images and texts, and the zero-shot head (class prompts)."""
+from __future__ import annotations
+
+from itertools import islice
+from typing import TYPE_CHECKING, Callable, Iterable, Iterator
+
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+if TYPE_CHECKING:
+    pass
+
+
+def model_device(model) -> torch.device:
+    return next(model.parameters()).device
+
+
+def batched(iterable: Iterable, n: int) -> Iterator[list]:
+    it = iter(iterable)
+    while batch := list(islice(it, n)):
+        yield batch
+
+
+@torch.inference_mode()
+def encode_images(model, preprocess: Callable, images: Iterable, batch_size: int = 128, total: int | None = None,
+                  desc: str = "encode images", fn: Callable | None = None) -> torch.Tensor:
+    """Normalised image embeddings (or `fn(model, x)` features) of PIL images, batched."""
+    fn = fn or (lambda m, x: F.normalize(m.encode_image(x), dim=-1))
+    out = []
+    with tqdm(total=total, desc=desc, unit="img", leave=False) as bar:
+        for batch in batched(images, batch_size):
+            out.append(fn(model, torch.stack([preprocess(im) for im in batch]).to(model_device(model))).float())
+            bar.update(len(batch))
+    return torch.cat(out) if out else torch.zeros(0)
+
+
+@torch.inference_mode()
+def encode_texts(model, tokenizer, texts: list[str], batch_size: int = 256, desc: str = "encode texts",
+                 fn: Callable | None = None) -> torch.Tensor:
+    fn = fn or (lambda m, t: F.normalize(m.encode_text(t), dim=-1))
+    out = []
+    for batch in tqdm(list(batched(texts, batch_size)), desc=desc, unit="batch", leave=False):
+        out.append(fn(model, tokenizer(batch).to(model_device(model))).float())
+    return torch.cat(out) if out else torch.zeros(0)
+
+
+def class_prompts(classnames: list[str], templates: list[str]) -> list[str]:
+    return [t.replace("{c}", c) for c in classnames for t in templates]
+
+
+def zeroshot_head(model, tokenizer, classnames: list[str], templates: list[str], grad: bool = False) -> torch.Tensor:
+    """C x D normalised class embeddings: the mean of each class's normalised prompt embeddings."""
+    texts = class_prompts(classnames, templates)
+    if grad:
+        emb = F.normalize(model.encode_text(tokenizer(texts).to(model_device(model))), dim=-1)
+    else:
+        emb = encode_texts(model, tokenizer, texts, desc="class prompts")
+    return class_means(emb, len(classnames), len(templates))
+
+
+def class_means(prompt_emb: torch.Tensor, n_classes: int, n_templates: int) -> torch.Tensor:
+    """Normalised mean of each class's prompt embeddings (rows in `class_prompts` order)."""
+    return F.normalize(prompt_emb.view(n_classes, n_templates, -1).mean(1), dim=-1)

@@ -1,0 +1,189 @@
+"""The benchmark and corpus from local datasets (`data.source: local`): the paper's scale.
+
+Writes exactly what the embedded default writes, so every later stage runs unchanged:
+  benchmark/finetune, benchmark/val   shards with `.cls` (val: a seeded per-sample draw from finetune)
+  benchmark/eval/<name>               CLIP_benchmark sets (+ projection.json for ImageNet-A/R, ObjectNet)
+  benchmark/classes.json              finetune class names and templates
+  corpus/sizes.json                   a manifest naming the img2dataset shards where they are
+  corpus_heldout/                     pairs from the corpus's last shard, which the manifest leaves out
+
+The corpus is not copied: at CC3M / LAION scale a copy doubles terabytes for nothing, and shards
+named by absolute path read the same through webdataset and clip-retrieval. The trade-off: DVC
+tracks the manifest, not the tars, so the corpus folder must be treated as immutable (a changed
+shard with the same name and sample count goes unnoticed). Finetune and eval images are copied
+(bytes as they are, no re-encoding) into shards: they are read many times, and shards stream.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import webdataset as wds
+
+from pipeline.config import ParamsError
+from pipeline.data.layouts import LabelledSet, LayoutError, in_val_split, read_layout
+from pipeline.data.templates import template_set
+from pipeline.data.writing import write_clip_benchmark_set
+from pipeline.io.atomic import atomic_dir, write_json
+from pipeline.io.shards import SkipCounter, write_shards
+
+log = logging.getLogger(__name__)
+
+
+EVAL_PREFIXES = ("id_", "shift_", "zeroshot_")
+
+
+@dataclass
+class LocalDataParams:
+    # Folder the relative paths below are under (an absolute path in an entry ignores it).
+    root: str | None = None
+    # The finetune set: a layout entry {layout, path, ...}; see `arf layouts`.
+    finetune: dict[str, Any] = field(default_factory=dict)
+    # Share of the finetune set drawn (per sample, seeded) as the ID validation split.
+    val_fraction: float = field(default=0.02, metadata={"gt": 0.0, "max": 0.5})
+    # name -> layout entry. The prefix says the axis: id_*, shift_<domain>, zeroshot_<dataset>.
+    eval: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # img2dataset output folder: {00000..}.tar with .jpg/.txt members and {00000..}_stats.json.
+    corpus: str | None = None
+    # Corpus pairs held out of retrieval for the retention metric (taken from the last shard).
+    heldout_pairs: int = field(default=500, metadata={"min": 0})
+    # Templates of the finetune set and of every eval set without its own (`templates:` in its entry,
+    # same values, or a CLIP_benchmark export's): openai_imagenet (CLIP's 80, open_clip), simple_imagenet (its 7),
+    # clip_benchmark:<dataset> (CLIP_benchmark's, e.g. clip_benchmark:pets) or a list with {c}.
+    templates: str | list[str] = "openai_imagenet"
+    # Cap on images per class in every set, for quick runs; null = all.
+    max_per_class: int | None = field(default=None, metadata={"min": 1})
+    seed: int = 0
+    max_per_shard: int = field(default=1000, metadata={"gt": 0})
+
+    def check(self, where: str) -> None:
+        for name in self.eval:
+            if not name.startswith(EVAL_PREFIXES):
+                raise ParamsError(f"{where}.eval.{name}: an eval set name starts with one of {', '.join(EVAL_PREFIXES)}")
+
+    def template_list(self) -> list[str]:
+        return template_set(self.templates, "data.local.templates")
+
+
+def _root(params: LocalDataParams) -> Path | None:
+    return Path(os.path.expanduser(params.root)) if params.root else None
+
+
+def _samples(ls: LabelledSet, max_per_class: int | None, skips: SkipCounter, keep=lambda key: True):
+    """Shard samples of a set; unreadable files are skipped and counted, never fatal."""
+    per_class: Counter = Counter()
+    for s in ls.samples():
+        if not keep(s.key) or (max_per_class is not None and per_class[s.label] >= max_per_class):
+            continue
+        try:
+            data = s.read()
+        except OSError as e:
+            skips(OSError(f"{ls.name}: sample {s.key}: {e}"))
+            continue
+        per_class[s.label] += 1
+        meta = {"classname": ls.classnames[s.label], "label": s.label, "set": ls.name}
+        sample = {"__key__": s.key, s.ext: data, "cls": str(s.label), "json": json.dumps(meta, sort_keys=True)}
+        if s.caption:
+            sample["txt"] = s.caption
+        yield sample
+
+
+def corpus_shards(folder: Path) -> dict[str, int]:
+    """Absolute shard path -> sample count of an img2dataset output folder (from its _stats.json
+    files where present, else by reading the tar's member names)."""
+    tars = sorted(folder.glob("*.tar"))
+    if not tars:
+        raise LayoutError(f"{folder}: no .tar shards; expected an img2dataset output folder ({{00000..}}.tar with .jpg and .txt)")
+    from pipeline.io.shards import (
+        shard_members,  # webdataset's key split, as clip-retrieval will read them
+    )
+
+    sizes = {}
+    for tar in tars:
+        stats = tar.with_name(f"{tar.stem}_stats.json")
+        if stats.is_file():
+            sizes[str(tar.resolve())] = int(json.loads(stats.read_text())["successes"])
+        else:
+            members, broken = shard_members([str(tar)])
+            if broken:
+                raise LayoutError(f"{tar}: unreadable shard ({broken[0]})")
+            sizes[str(tar.resolve())] = len(members)
+    return sizes
+
+
+def _heldout_pairs(tar: str, n: int, skips: SkipCounter) -> list[dict]:
+    out = []
+    for s in wds.WebDataset([tar], shardshuffle=False, handler=skips, empty_check=False):
+        if len(out) >= n:
+            break
+        if "txt" not in s or not any(e in s for e in ("jpg", "png", "webp", "jpeg")):
+            continue
+        out.append({k: v for k, v in s.items() if not k.startswith("__") or k == "__key__"})
+    return out
+
+
+def import_local_data(out_root: Path, params: LocalDataParams) -> dict:
+    """Write benchmark/, corpus/ and corpus_heldout/ under out_root from local datasets; return counts."""
+    t0 = time.perf_counter()
+    root = _root(params)
+    if not params.finetune:
+        raise ParamsError("data.local.finetune: missing; a layout entry such as {layout: imagenet, path: imagenet, split: train}")
+    if not params.corpus:
+        raise ParamsError("data.local.corpus: missing; the folder of an img2dataset output (CC3M, LAION)")
+    templates = params.template_list()
+    finetune = read_layout("finetune", params.finetune, root)
+    evals = {name: read_layout(name, spec, root) for name, spec in params.eval.items()}
+    corpus_dir = Path(os.path.expanduser(params.corpus))
+    corpus_dir = corpus_dir if corpus_dir.is_absolute() or root is None else root / corpus_dir
+    if not corpus_dir.is_dir():
+        raise LayoutError(f"{corpus_dir}: not found; data.local.corpus expects an img2dataset output folder ({{00000..}}.tar)")
+    shards = corpus_shards(corpus_dir)
+    if params.heldout_pairs and len(shards) < 2:
+        raise LayoutError(f"{corpus_dir}: one shard; held-out pairs come from the last shard, so the corpus needs two or more")
+    for name, es in evals.items():
+        target = es.projection.classnames if es.projection else es.classnames
+        if name.startswith(("id_", "shift_")) and target != finetune.classnames:
+            raise LayoutError(f"{es.root}: {name} is scored with the finetune classes, but its classes differ "
+                              f"(name it zeroshot_* to score it with its own)")
+
+    skips = SkipCounter()
+    counts: dict[str, Any] = {"source": "local"}
+    out_root = Path(out_root)
+    with atomic_dir(out_root / "corpus") as tmp:
+        manifest = dict(list(shards.items())[:-1]) if params.heldout_pairs else shards
+        (tmp / "sizes.json").write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n")
+        counts["corpus"] = {"shards": len(manifest), "pairs": sum(manifest.values()), "folder": str(corpus_dir.resolve())}
+    with atomic_dir(out_root / "corpus_heldout") as tmp:
+        held = _heldout_pairs(list(shards)[-1], params.heldout_pairs, skips) if params.heldout_pairs else []
+        write_shards(tmp, held, params.max_per_shard)
+        counts["corpus_heldout"] = len(held)
+    with atomic_dir(out_root / "benchmark") as tmp:
+        frac, seed = params.val_fraction, params.seed
+        info = write_shards(tmp / "finetune", _samples(finetune, params.max_per_class, skips,
+                                                       lambda k: not in_val_split(k, frac, seed)), params.max_per_shard)
+        val = write_shards(tmp / "val", _samples(finetune, params.max_per_class, skips,
+                                                 lambda k: in_val_split(k, frac, seed)), params.max_per_shard)
+        counts["benchmark"] = {"finetune": info.num_samples, "val": val.num_samples}
+        if info.num_samples == 0 or val.num_samples == 0:
+            raise LayoutError(f"{finetune.root}: the finetune set gave {info.num_samples} train and "
+                              f"{val.num_samples} val samples; both must be non-empty")
+        for name, es in evals.items():
+            sizes = write_clip_benchmark_set(tmp / "eval" / name, _samples(es, params.max_per_class, skips),
+                                             es.classnames, es.templates or templates, params.max_per_shard)
+            if es.projection is not None:
+                write_json(tmp / "eval" / name / "projection.json", es.projection.to_json(), indent=None)
+            counts["benchmark"][name] = sum(sizes.values())
+        (tmp / "classes.json").write_text(json.dumps(
+            {"seen": finetune.classnames, "unseen": [], "templates": templates}, indent=2) + "\n")
+        counts["skipped"] = skips.skipped
+        counts["seconds"] = round(time.perf_counter() - t0, 1)
+        write_json(tmp / "build_data.json", counts)
+    if skips.skipped:
+        log.warning(skips.report("data.local"))
+    return counts

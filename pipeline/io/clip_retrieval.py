@@ -1,0 +1,197 @@
+"""Glue that makes clip-retrieval (all_clip) build models through `pipeline.core.models.create_model`,
+in this process and in Spark workers.
+
+clip-retrieval's inference loads its model by a spec string through all_clip's loader registry. Our
+architectures are open_clip configs registered per process, so `all_clip_uses_our_models()` puts our
+loader first under the `arf:` prefix; under pyspark the spec string itself (`SpecThatInstallsLoader`,
+a `str` subclass) installs the loader and our model configs when a worker unpickles it.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import sys
+from pathlib import Path
+
+from pipeline.io.shards import flatten_on_white
+
+# The all_clip loader prefix under which `embed_corpus` makes clip-retrieval load models through
+# `pipeline.core.models.create_model` (see `all_clip_uses_our_models`).
+ALL_CLIP_PREFIX = "arf:"
+
+
+class _FlattenThenPreprocess:
+    """Composite transparency on white (as `pipeline.io.shards.decode_image` does), then the model transform.
+
+    clip-retrieval hands the transform a lazily opened PIL image; open_clip's `_convert_to_rgb` would drop
+    the alpha channel (transparent pixels keep whatever colour they store, often black), which is not what
+    the rest of this project sees for the same sample. A class, not a closure, so DataLoader workers can
+    pickle it.
+    """
+
+    def __init__(self, preprocess):
+        self.preprocess = preprocess
+
+    def __call__(self, img):
+        img.load()  # a corrupt image raises here; clip-retrieval's handler then skips the sample
+        return self.preprocess(flatten_on_white(img))
+
+
+def _load_for_all_clip(spec: str, use_jit: bool, device: str, clip_cache_path: str | None):
+    """An all_clip loader: (model, preprocess, tokenizer) built by our one model factory."""
+    from all_clip.open_clip import OpenClipWrapper
+
+    from pipeline.core.models import create_model
+
+    loaded = create_model(spec, device=device)
+    # open_clip's create_model returns the model in train mode, and all_clip never calls eval():
+    # BatchNorm (the EfficientNet tower) would use batch statistics and dropout would be live.
+    loaded.model.eval()
+    # OpenClipWrapper is what all_clip's own open_clip loader returns (autocast on GPU, fp32 on CPU).
+    model = OpenClipWrapper(inner_model=loaded.model, device=device)
+    return model, _FlattenThenPreprocess(loaded.preprocess), loaded.tokenizer
+
+
+@contextlib.contextmanager
+def all_clip_uses_our_models():
+    """Let clip-retrieval load `arf:SPEC` through `pipeline.core.models.create_model`, for the duration of a run.
+
+    Why a loader instead of all_clip's `open_clip:NAME//path/ckpt.pt`: all_clip then calls
+    `open_clip.create_model_and_transforms(NAME, pretrained=ckpt)` itself, which (1) uses OpenAI's mean/std
+    for our local configs (our `preprocess_cfg`, e.g. mean/std 0.5 for arf-lite0-minilm, is applied only by
+    `create_model`), (2) leaves the model in train mode (BatchNorm!), (3) cannot build the default model
+    without a checkpoint (it looks the name up in open_clip's pretrained list) and (4) would skip our
+    packaged image-tower weights. all_clip dispatches on prefixes in `all_clip.main._CLIP_REGISTRY`, its
+    only loading hook; the catch-all "" prefix (OpenAI clip) is matched last, so ours goes first.
+    all_clip caches loaded models with lru_cache (keyed by the spec string, so a retrained checkpoint at
+    the same path would be served stale); the caches are cleared on entry and exit.
+    """
+    import all_clip.main as ac
+
+    saved = _install_our_loader()
+    try:
+        yield
+    finally:
+        ac._CLIP_REGISTRY.clear()
+        ac._CLIP_REGISTRY.update(saved)
+        _clear_all_clip_caches()
+
+
+def _install_our_loader() -> dict:
+    """Put our loader first in all_clip's registry and drop its cached models; returns the registry
+    as it was."""
+    import all_clip.main as ac
+
+    registry = ac._CLIP_REGISTRY
+    saved = dict(registry)
+    registry.clear()
+    registry[ALL_CLIP_PREFIX] = _load_for_all_clip
+    registry.update({k: v for k, v in saved.items() if k != ALL_CLIP_PREFIX})
+    _clear_all_clip_caches()
+    return saved
+
+
+def _clear_all_clip_caches() -> None:
+    import all_clip.main as ac
+
+    ac.load_clip.cache_clear()
+    ac.load_clip_without_warmup.cache_clear()
+
+
+def _install_loader_in_worker(spec: str, config_folders: list[str]) -> str:
+    """Run where a Spark task unpickles the model spec: our configs and all_clip loader, for this process
+    (which runs many tasks: the model cache is dropped, as a checkpoint may change between runs)."""
+    from pipeline.core.models import register_model_configs
+
+    register_model_configs()
+    for folder in config_folders:
+        register_model_configs(Path(folder))
+    _install_our_loader()
+    return spec
+
+
+class SpecThatInstallsLoader(str):
+    """The `clip_model` string handed to clip-retrieval's pyspark distributor.
+
+    Spark runs each task in a fresh Python worker, where all_clip's registry holds only its own loaders
+    (`all_clip_uses_our_models` patches the driver's). The distributor pickles its worker arguments
+    into every task, and the model spec is the one value of ours among them: unpickling this string
+    registers our config folders (the driver's, so custom and test architectures work too) and our
+    loader in the worker, then it reads as a plain string. all_clip has no plugin mechanism to use
+    instead; Spark's `spark.python.worker.module` would be one, but only for sessions we configure.
+    """
+
+    def __new__(cls, spec: str, config_folders: list[str]):
+        obj = super().__new__(cls, spec)
+        obj.config_folders = config_folders
+        return obj
+
+    def __reduce__(self):
+        return _install_loader_in_worker, (str(self), self.config_folders)
+
+
+@contextlib.contextmanager
+def spark_session(master: str | None):
+    """The active Spark session (spark-submit's), or a new one on `master` stopped on exit.
+
+    Workers are started with this interpreter unless $PYSPARK_PYTHON names another, so that they import
+    the same packages (`pipeline` included); on a cluster, that path must hold the same environment on
+    every worker node.
+    """
+    try:
+        from pyspark.errors import PySparkException
+        from pyspark.sql import SparkSession
+    except ImportError:
+        raise RuntimeError("embed_corpus.distribution: pyspark needs the pyspark package "
+                           "(pip install 'pyspark>=3.5,<5') and Java 17") from None
+    active = SparkSession.getActiveSession()
+    spark = active or _start_spark(SparkSession, master)
+    try:
+        yield spark
+    except PySparkException as e:  # its message is the JVM's and the worker's stack traces
+        raise RuntimeError(f"embed_corpus: a Spark task failed: {_python_error_line(str(e))}") from None
+    finally:
+        if active is None:
+            spark.stop()
+
+
+def _start_spark(SparkSession, master: str | None):
+    # pyspark reads the workers' interpreter from $PYSPARK_PYTHON only (else "python3" on PATH)
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    builder = SparkSession.builder.appName("arf-embed-corpus").config("spark.ui.enabled", "false")
+    if master:
+        builder = builder.master(master)
+    try:
+        spark = builder.getOrCreate()
+    except Exception as e:  # pyspark raises a bare PySparkRuntimeError when the JVM does not start
+        raise RuntimeError(f"embed_corpus.distribution: pyspark could not start Spark on {master!r} "
+                           f"(Java 17+ on PATH or JAVA_HOME?): {str(e).splitlines()[0]}") from None
+    spark.sparkContext.setLogLevel("WARN")
+    return spark
+
+
+def _python_error_line(text: str) -> str:
+    """The last `module.Error: message` line of a Python traceback quoted inside `text`."""
+    lines = [ln.strip() for ln in text.splitlines() if re.match(r"^[A-Za-z_][\w.]*: \S", ln)]
+    return lines[-1] if lines else text.strip().splitlines()[0]
+
+
+@contextlib.contextmanager
+def reap_children_on_error():
+    """Stop the helper processes clip-retrieval started if the run fails.
+
+    Its inference starts stats-logger processes (multiprocessing "spawn") and stops them only on success;
+    after an exception they would keep polling and block interpreter exit. Only children started inside
+    this block are touched, by their Process handle.
+    """
+    import multiprocessing
+
+    before = set(multiprocessing.active_children())
+    try:
+        yield
+    except BaseException:
+        for p in set(multiprocessing.active_children()) - before:
+            p.terminate()
+            p.join(10)
+        raise

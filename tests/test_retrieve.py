@@ -17,9 +17,27 @@ from helpers import (
 )
 
 from pipeline.config import ParamsError, parse_section
-from pipeline.io import embeddings as retrieve
+from pipeline.io.clip_retrieval import ALL_CLIP_PREFIX, all_clip_uses_our_models
+from pipeline.io.embeddings import (
+    TARGETS,
+    iter_metadata_column,
+    load_embeddings,
+    load_metadata,
+    load_prompts,
+    metadata_row_counts,
+    metadata_rows,
+)
+from pipeline.io.records import anchor_stats, read_anchors, write_anchors
 from pipeline.io.shards import decode_image
 from pipeline.stages import load_params
+from pipeline.stages.embed_corpus import EMBED_REPORT, EmbedCorpusParams, embed_corpus
+from pipeline.stages.retrieve import (
+    INDEX_REPORT,
+    RetrieveParams,
+    build_index,
+    format_anchor_report,
+    retrieve_anchors,
+)
 
 N_SAMPLES = 20
 CORRUPT = 3
@@ -35,8 +53,8 @@ def built(tmp_path_factory):
     name, ckpt = make_tiny_checkpoint(tmp)
     spec = f"{name}:{ckpt}"
     corpus, samples = make_corpus_shards(tmp / "corpus", N_SAMPLES, corrupt=(CORRUPT,), rgba=(RGBA,))
-    report = retrieve.embed_corpus(corpus, spec, tmp / "emb", batch_size=8)
-    index_report = retrieve.build_index(tmp / "emb", tmp / "index")
+    report = embed_corpus(corpus, spec, tmp / "emb", batch_size=8)
+    index_report = build_index(tmp / "emb", tmp / "index")
     return dict(tmp=tmp, spec=spec, corpus=corpus, samples=samples, report=report, index_report=index_report,
                 emb=tmp / "emb", index=tmp / "index")
 
@@ -64,7 +82,7 @@ def test_embed_corpus_layout_and_bad_sample_report(built):
     assert (emb / "metadata" / "metadata_0.parquet").is_file()
     img = np.load(emb / "img_emb" / "img_emb_0.npy")
     txt = np.load(emb / "text_emb" / "text_emb_0.npy")
-    meta = retrieve.load_metadata(emb)
+    meta = load_metadata(emb)
     assert img.dtype == np.float16 and img.shape == (N_SAMPLES - 1, 16) and txt.shape == img.shape
     good = [s for s in samples if not s.corrupt]
     assert list(meta["image_path"]) == [s.key for s in good]  # row order = shard order, corrupt one gone
@@ -77,9 +95,9 @@ def test_embed_corpus_layout_and_bad_sample_report(built):
     assert report["skipped_samples"] == [{"key": samples[CORRUPT].key,
                                           "reason": report["skipped_samples"][0]["reason"]}]
     assert "undecodable image" in report["skipped_samples"][0]["reason"]
-    assert json.loads((emb / retrieve.EMBED_REPORT).read_text())["skipped"] == 1
+    assert json.loads((emb / EMBED_REPORT).read_text())["skipped"] == 1
     assert report["steady_samples_per_s"] > 0
-    written = json.loads((emb / retrieve.EMBED_REPORT).read_text())  # no timings in the DVC output
+    written = json.loads((emb / EMBED_REPORT).read_text())  # no timings in the DVC output
     assert not (emb / "stats").exists() and "seconds" not in written and "steady_samples_per_s" not in written
     assert not list(emb.parent.glob(".tmp-*"))
 
@@ -120,10 +138,10 @@ def test_all_clip_hook_uses_our_factory(built):
     import all_clip.main as ac
 
     before = list(ac._CLIP_REGISTRY)
-    with retrieve.all_clip_uses_our_models():
-        assert list(ac._CLIP_REGISTRY)[0] == retrieve.ALL_CLIP_PREFIX
+    with all_clip_uses_our_models():
+        assert list(ac._CLIP_REGISTRY)[0] == ALL_CLIP_PREFIX
         model, preprocess, tokenizer = ac.load_clip_without_warmup(
-            retrieve.ALL_CLIP_PREFIX + built["spec"], False, "cpu", None)
+            ALL_CLIP_PREFIX + built["spec"], False, "cpu", None)
     assert list(ac._CLIP_REGISTRY) == before
     assert not model.inner_model.training
     norm = preprocess.preprocess.transforms[-1]
@@ -142,7 +160,7 @@ def test_embed_corpus_leaves_no_partial_output(built, monkeypatch):
     from pipeline.core.models import ModelNotAvailable
 
     with pytest.raises(ModelNotAvailable):
-        retrieve.embed_corpus(built["corpus"], f"tiny-clip:{tmp / 'missing.pt'}", out, batch_size=8)
+        embed_corpus(built["corpus"], f"tiny-clip:{tmp / 'missing.pt'}", out, batch_size=8)
     assert sorted(p.name for p in out.iterdir()) == ["previous.txt"]
     assert not list(tmp.glob(".tmp-emb_fail-*"))
     assert set(multiprocessing.active_children()) <= children  # its helper processes were stopped
@@ -151,9 +169,11 @@ def test_embed_corpus_leaves_no_partial_output(built, monkeypatch):
     def boom(*a, **k):
         raise RuntimeError("simulated failure after inference")
 
-    monkeypatch.setattr(retrieve, "metadata_row_counts", boom)
+    import pipeline.stages.embed_corpus as stage
+
+    monkeypatch.setattr(stage, "metadata_row_counts", boom)
     with pytest.raises(RuntimeError, match="simulated failure"):
-        retrieve.embed_corpus(built["corpus"], built["spec"], out, batch_size=8)
+        embed_corpus(built["corpus"], built["spec"], out, batch_size=8)
     assert sorted(p.name for p in out.iterdir()) == ["previous.txt"]
     assert not list(tmp.glob(".tmp-emb_fail-*"))
 
@@ -162,14 +182,14 @@ def test_metadata_is_read_by_partition_and_row(built):
     """Three partitions (one per shard): row counts from the footers, a column partition by partition,
     and given rows across partitions equal the whole table's; a column a partition lacks reads as ""."""
     out = built["tmp"] / "emb_3parts"
-    report = retrieve.embed_corpus(built["corpus"], built["spec"], out, batch_size=8, partitions=3)
+    report = embed_corpus(built["corpus"], built["spec"], out, batch_size=8, partitions=3)
     assert report["partitions"] == 3 and report["skipped"] == 1
-    whole = retrieve.load_metadata(out)
-    counts = retrieve.metadata_row_counts(out)
+    whole = load_metadata(out)
+    counts = metadata_row_counts(out)
     assert len(counts) == 3 and sum(counts) == len(whole) == N_SAMPLES - 1
-    assert np.concatenate(list(retrieve.iter_metadata_column(out, "image_path"))).tolist() == list(whole["image_path"])
+    assert np.concatenate(list(iter_metadata_column(out, "image_path"))).tolist() == list(whole["image_path"])
     rows = [len(whole) - 1, 0, counts[0], 3]  # unordered, across all three partitions
-    got = retrieve.metadata_rows(out, rows, ["image_path", "caption", "no_such_column"])
+    got = metadata_rows(out, rows, ["image_path", "caption", "no_such_column"])
     assert got["image_path"] == [whole["image_path"][r] for r in rows]
     assert got["caption"] == [whole["caption"][r] for r in rows] and got["no_such_column"] == [""] * 4
 
@@ -179,28 +199,28 @@ def test_embed_corpus_pyspark_local_mode_matches_sequential(built):
     build our model through the loader the pickled spec installs, and the same embeddings as in-process."""
     tmp = built["tmp"]
     out = tmp / "emb_spark"
-    report = retrieve.embed_corpus(built["corpus"], built["spec"], out, batch_size=8, distribution="pyspark",
+    report = embed_corpus(built["corpus"], built["spec"], out, batch_size=8, distribution="pyspark",
                                    spark_master="local[2]")
     assert report["distribution"] == "pyspark on local[2]"
     assert report["partitions"] == 2  # one per Spark core (3 shards)
     assert sorted(p.name for p in (out / "img_emb").iterdir()) == ["img_emb_0.npy", "img_emb_1.npy"]
     for k in ("samples_embedded", "skipped", "skipped_samples", "dim"):
         assert report[k] == built["report"][k], k
-    seq_meta, spark_meta = retrieve.load_metadata(built["emb"]), retrieve.load_metadata(out)
+    seq_meta, spark_meta = load_metadata(built["emb"]), load_metadata(out)
     row = {key: i for i, key in enumerate(seq_meta["image_path"])}
     order = [row[key] for key in spark_meta["image_path"]]
     assert sorted(order) == list(range(len(seq_meta)))
     assert list(spark_meta["caption"]) == list(seq_meta["caption"].iloc[order])
-    for target in retrieve.TARGETS:  # identical, not merely close: the same model on the same images
-        np.testing.assert_array_equal(retrieve.load_embeddings(out, target),
-                                      retrieve.load_embeddings(built["emb"], target)[order])
+    for target in TARGETS:  # identical, not merely close: the same model on the same images
+        np.testing.assert_array_equal(load_embeddings(out, target),
+                                      load_embeddings(built["emb"], target)[order])
 
 
 def test_embed_corpus_pyspark_failure_leaves_no_output(built):
     tmp = built["tmp"]
     out = tmp / "emb_spark_fail"
     with pytest.raises(RuntimeError, match="missing.pt"):
-        retrieve.embed_corpus(built["corpus"], f"tiny-clip:{tmp / 'missing.pt'}", out, batch_size=8,
+        embed_corpus(built["corpus"], f"tiny-clip:{tmp / 'missing.pt'}", out, batch_size=8,
                               distribution="pyspark", spark_master="local[2]")
     assert not out.exists() and not list(tmp.glob(".tmp-emb_spark_fail-*"))
 
@@ -209,7 +229,7 @@ def test_embed_corpus_pyspark_without_java_is_a_one_line_error(built, tmp_path):
     import subprocess
     import sys
 
-    code = ("from pipeline import retrieve\n"
+    code = ("from pipeline.stages import embed_corpus as retrieve\n"
             f"retrieve.embed_corpus({str(built['corpus'])!r}, {built['spec']!r}, {str(tmp_path / 'out')!r}, "
             "distribution='pyspark', spark_master='local[1]')\n")
     env = dict(os.environ, JAVA_HOME=str(tmp_path / "no-java"), ARF_MODEL_CONFIGS=str(ROOT / "tests" / "model_configs"))
@@ -236,14 +256,14 @@ def test_build_index_files_and_flat_below(built):
         assert infos["index_path"] == str((idx / f"{target}.index").resolve())
     pd.testing.assert_frame_equal(pd.read_parquet(idx / "metadata" / "metadata_0.parquet"),
                                   pd.read_parquet(built["emb"] / "metadata" / "metadata_0.parquet"))
-    assert json.loads((idx / retrieve.INDEX_REPORT).read_text())["image"]["index_key"] == "Flat"
+    assert json.loads((idx / INDEX_REPORT).read_text())["image"]["index_key"] == "Flat"
 
 
 def test_build_index_key_param_overrides(built):
     import faiss
 
     out = built["tmp"] / "index_hnsw"
-    rep = retrieve.build_index(built["emb"], out, index_key="HNSW8")
+    rep = build_index(built["emb"], out, index_key="HNSW8")
     assert rep["image"]["index_key"] == "HNSW8" and rep["image"]["chosen_by"] == "index_key param"
     assert isinstance(faiss.downcast_index(faiss.read_index(str(out / "image.index"))), faiss.IndexHNSW)
 
@@ -258,10 +278,10 @@ def prompts(built):
 @pytest.mark.parametrize("target", ["image", "text"])
 def test_retrieve_matches_brute_force(built, prompts, target):
     k = 4
-    records = retrieve.retrieve_anchors(built["index"], prompts, k, target=target, dedup=False)
-    emb = retrieve.load_embeddings(built["emb"], target)
-    keys = list(retrieve.load_metadata(built["emb"])["image_path"])
-    q, classnames = retrieve.load_prompts(prompts)
+    records = retrieve_anchors(built["index"], prompts, k, target=target, dedup=False)
+    emb = load_embeddings(built["emb"], target)
+    keys = list(load_metadata(built["emb"])["image_path"])
+    q, classnames = load_prompts(prompts)
     scores = q @ emb.T
     for c, name in enumerate(classnames):
         got = [r for r in records if r["class"] == name]
@@ -285,20 +305,20 @@ def _reference_dedup(scores: np.ndarray, k: int) -> list[list[int]]:
 
 
 def test_retrieve_dedup_across_classes(built):
-    emb = retrieve.load_embeddings(built["emb"], "image")
-    keys = list(retrieve.load_metadata(built["emb"])["image_path"])
+    emb = load_embeddings(built["emb"], "image")
+    keys = list(load_metadata(built["emb"])["image_path"])
     rng = np.random.default_rng(0)
     a = emb[0] / np.linalg.norm(emb[0])
     b = a + 0.05 * rng.normal(size=a.shape)  # nearly the same query: the two classes compete for rows
     c = emb[10]
     path = write_prompts_npz(built["tmp"] / "crafted.npz", np.stack([a, b, c]), ["A", "B", "C"])
-    q, _ = retrieve.load_prompts(path)
+    q, _ = load_prompts(path)
     k = 4
-    plain = retrieve.retrieve_anchors(built["index"], path, k, dedup=False)
+    plain = retrieve_anchors(built["index"], path, k, dedup=False)
     by = lambda recs, cls: [r["key"] for r in recs if r["class"] == cls]  # noqa: E731
     assert set(by(plain, "A")) & set(by(plain, "B")), "precondition: without dedup A and B share rows"
 
-    records = retrieve.retrieve_anchors(built["index"], path, k)
+    records = retrieve_anchors(built["index"], path, k)
     got_keys = [r["key"] for r in records]
     assert len(got_keys) == len(set(got_keys)) == 3 * k  # each row once, every class still has k
     ref = _reference_dedup(q @ emb.T, k)
@@ -315,32 +335,32 @@ def test_retrieve_dedup_across_classes(built):
 
 
 def test_retrieve_corpus_exhausted_and_excluded(built, prompts):
-    keys = list(retrieve.load_metadata(built["emb"])["image_path"])
-    records = retrieve.retrieve_anchors(built["index"], prompts, 10)
+    keys = list(load_metadata(built["emb"])["image_path"])
+    records = retrieve_anchors(built["index"], prompts, 10)
     assert sorted(r["key"] for r in records) == sorted(keys)  # 4 classes x 10 > 19: every row exactly once
-    stats = retrieve.anchor_stats(records, ["red", "green", "blue", "yellow", "absent"])
+    stats = anchor_stats(records, ["red", "green", "blue", "yellow", "absent"])
     assert sum(s["count"] for s in stats.values()) == len(keys) and stats["absent"]["count"] == 0
 
-    top = retrieve.retrieve_anchors(built["index"], prompts, 3, dedup=False)
+    top = retrieve_anchors(built["index"], prompts, 3, dedup=False)
     excluded = {top[0]["key"], top[1]["key"]}
-    records = retrieve.retrieve_anchors(built["index"], prompts, 3, dedup=False, exclude_keys=excluded)
+    records = retrieve_anchors(built["index"], prompts, 3, dedup=False, exclude_keys=excluded)
     assert not excluded & {r["key"] for r in records}
-    assert all(stats["count"] == 3 for stats in retrieve.anchor_stats(records).values())
+    assert all(stats["count"] == 3 for stats in anchor_stats(records).values())
 
 
 def test_write_anchors_jsonl(built, prompts):
-    records = retrieve.retrieve_anchors(built["index"], prompts, 3)
+    records = retrieve_anchors(built["index"], prompts, 3)
     path = built["tmp"] / "anchors" / "anchors.jsonl"
-    retrieve.write_anchors(records, path)
-    back = retrieve.read_anchors(path)
+    write_anchors(records, path)
+    back = read_anchors(path)
     assert back == records
     assert all(set(r) == {"key", "caption", "class", "score", "rank"} for r in back)
-    captions = dict(zip(*(retrieve.load_metadata(built["emb"])[c] for c in ("image_path", "caption"))))
+    captions = dict(zip(*(load_metadata(built["emb"])[c] for c in ("image_path", "caption"))))
     assert all(r["caption"] == captions[r["key"]] for r in back)
     for cls in {r["class"] for r in back}:
         s = [r["score"] for r in back if r["class"] == cls]
         assert s == sorted(s, reverse=True)
-    text = retrieve.format_anchor_report(retrieve.anchor_stats(back), 3)
+    text = format_anchor_report(anchor_stats(back), 3)
     assert "12 anchors over 4 classes" in text
     assert not list(path.parent.glob(".tmp-*"))
 
@@ -348,9 +368,9 @@ def test_write_anchors_jsonl(built, prompts):
 def test_retrieve_rejects_mismatched_prompts(built):
     bad = write_prompts_npz(built["tmp"] / "dim8.npz", np.eye(2, 8), ["a", "b"])
     with pytest.raises(ValueError, match="dim 8 != index dim 16"):
-        retrieve.retrieve_anchors(built["index"], bad, 2)
+        retrieve_anchors(built["index"], bad, 2)
     with pytest.raises(ValueError, match="target"):
-        retrieve.retrieve_anchors(built["index"], bad, 2, target="caption")
+        retrieve_anchors(built["index"], bad, 2, target="caption")
 
 
 # ------------------------------------------------------------------------------------------ params
@@ -379,6 +399,6 @@ def test_params_yaml_sections_parse():
             break
     else:
         pytest.skip("no retrieve section in params.yaml yet")
-    r = parse_section(retrieve.RetrieveParams, raw["retrieve"], "retrieve")
-    e = parse_section(retrieve.EmbedCorpusParams, raw.get("embed_corpus"), "embed_corpus")
-    assert r.k_per_class > 0 and r.target in retrieve.TARGETS and e.batch_size > 0
+    r = parse_section(RetrieveParams, raw["retrieve"], "retrieve")
+    e = parse_section(EmbedCorpusParams, raw.get("embed_corpus"), "embed_corpus")
+    assert r.k_per_class > 0 and r.target in TARGETS and e.batch_size > 0

@@ -58,7 +58,7 @@ def plan(preset: Optional[str] = typer.Option(None, help="a preset name (presets
 
 @app.command()
 def layouts() -> None:
-    """List the dataset layouts data.local entries can name."""
+    """List the dataset layouts build_data.local entries can name."""
     from pipeline.data.layouts import layout_doc, list_layouts
 
     for name in list_layouts():

@@ -20,6 +20,7 @@ from typing import Any, TypeVar
 import yaml
 
 _SECTIONS: dict[str, type] = {}
+RENAMED = {"data": "build_data"}  # sections of earlier releases, now named after their stage
 
 
 T = TypeVar("T")
@@ -135,6 +136,8 @@ def load_params_file(path: str | Path = "params.yaml") -> dict[str, Any]:
     if not isinstance(raw, dict):
         raise ParamsError(f"{path}: expected a mapping of sections")
     for section in raw:
+        if section in RENAMED:
+            raise ParamsError(f"{path}: {section}: renamed to {RENAMED[section]} (the section of the stage of that name)")
         if section not in _SECTIONS:
             raise ParamsError(f"{path}: {section}: unknown section (known: {', '.join(sorted(_SECTIONS))})")
     return {s: parse_section(cls, raw.get(s), f"{path}: {s}") for s, cls in _SECTIONS.items()}

@@ -114,9 +114,9 @@ def make_plan(params_path: Path, preset: str | None = None, costs_path: Path = P
               sizes_path: Path = PRESET_DIR / "dataset_sizes.json", tflops: float = 100.0,
               caption_tflops: float = 20.0) -> list[StagePlan]:
     p = load_params(params_path)
-    data, costs, sizes = p["data"], json.loads(Path(costs_path).read_text()), json.loads(Path(sizes_path).read_text())
+    data, costs, sizes = p["build_data"], json.loads(Path(costs_path).read_text()), json.loads(Path(sizes_path).read_text())
     if data.source != "local":
-        raise ValueError(f"{params_path}: data.source is {data.source!r}; plan is for presets of local datasets "
+        raise ValueError(f"{params_path}: build_data.source is {data.source!r}; plan is for presets of local datasets "
                          f"(the embedded default's timings are in the README)")
     local = data.local
     root = Path(os.path.expanduser(local.root)) if local.root else None

@@ -178,8 +178,8 @@ def make_img2dataset_corpus(root: Path, shards: int = 3, per_shard: int = 20) ->
 
 
 def make_preset_tree(root: Path, preset: dict) -> Path:
-    """Every dataset a preset's data.local names, in its layout, at its path under `root`."""
-    local = preset["data"]["local"]
+    """Every dataset a preset's build_data.local names, in its layout, at its path under `root`."""
+    local = preset["build_data"]["local"]
     entries = [local["finetune"], *local["eval"].values()]
     layouts = {e["layout"] for e in entries}
     if layouts & {"imagenet", "imagenet_v2", "imagenet_subset"}:

@@ -357,13 +357,13 @@ def test_leak_check_catches_near_duplicate_variants():
 
 
 def test_stage_entry_point_reads_params_and_asset_dir(assets, tmp_path):
-    """`python stages/build_data.py` in a project folder: params.yaml's data section, ARF_ASSETS_DIR."""
+    """`python stages/build_data.py` in a project folder: params.yaml's build_data section, ARF_ASSETS_DIR."""
     root = assets.google.parent
     assert AssetPaths.under(root) == assets
-    (tmp_path / "params.yaml").write_text("data:\n" + "".join(f"  {k}: {v}\n" for k, v in PARAMS.items()))
+    (tmp_path / "params.yaml").write_text("build_data:\n" + "".join(f"  {k}: {v}\n" for k, v in PARAMS.items()))
     stage = Path(__file__).resolve().parents[1] / "stages" / "build_data.py"
     env = dict(os.environ, **{ASSETS_ENV: str(root)})
-    proc = subprocess.run([sys.executable, str(stage)], cwd=tmp_path, env=env, capture_output=True, text=True)
+    proc = subprocess.run([sys.executable, str(stage), "--out", "data"], cwd=tmp_path, env=env, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-2000:]
     counts = json.loads((tmp_path / "data/benchmark/build_data.json").read_text())
     assert counts["classes"] == {"seen": 4, "unseen": 2}

@@ -22,7 +22,7 @@ REPO = Path(__file__).resolve().parents[1]
 VENV_BIN = Path(sys.executable).parent
 
 TINY_PARAMS = {
-    "data": dict(image_size=32, min_class_size=3, unseen_fraction=0.4, val_fraction=0.2, test_fraction=0.3,
+    "build_data": dict(image_size=32, min_class_size=3, unseen_fraction=0.4, val_fraction=0.2, test_fraction=0.3,
                  heldout_pairs=4, max_same_caption=2, workers=1),
     "align": dict(epochs=2, batch_size=16, feature_batch_size=16),
     "embed_corpus": dict(batch_size=16),

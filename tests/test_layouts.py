@@ -230,9 +230,9 @@ def test_import_refuses_shift_sets_of_other_classes_and_missing_parts(fx, tmp_pa
     p = local_params(fx, eval={"shift_flowers": {"layout": "clip_benchmark_wds", "path": "wds_vtab-flowers"}})
     with pytest.raises(LayoutError, match="name it zeroshot_"):
         import_local_data(tmp_path, p)
-    with pytest.raises(LayoutError, match=r"nowhere: not found; data.local.corpus expects an img2dataset"):
+    with pytest.raises(LayoutError, match=r"nowhere: not found; build_data.local.corpus expects an img2dataset"):
         import_local_data(tmp_path, local_params(fx, corpus="nowhere"))
-    with pytest.raises(ParamsError, match="data.local.finetune: missing"):
+    with pytest.raises(ParamsError, match="build_data.local.finetune: missing"):
         import_local_data(tmp_path, local_params(fx, finetune={}))
     assert not (tmp_path / "benchmark").exists()
 

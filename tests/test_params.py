@@ -19,7 +19,7 @@ def write_params(tmp_path, mutate) -> Path:
 
 def test_repo_params_file_is_valid():
     sections = load_params(REPO / "params.yaml")
-    assert {"data", "align", "caption", "retrieve", "pack", "train", "methods"} <= set(sections)
+    assert {"build_data", "align", "caption", "retrieve", "pack", "train", "methods"} <= set(sections)
     assert sections["methods"].arf.lambda_ita >= 0
 
 

@@ -33,8 +33,8 @@ def test_presets_are_complete_params_files():
     assert PRESETS == ["domainnet", "imagenet"]
     for name in PRESETS:
         params = load_params(REPO / "presets" / f"{name}.yaml")
-        local = params["data"].local
-        assert params["data"].source == "local" and params["align"].model == "ViT-B-16:openai"
+        local = params["build_data"].local
+        assert params["build_data"].source == "local" and params["align"].model == "ViT-B-16:openai"
         assert params["caption"].backend == "blip2"
         zs = sorted(n for n in local.eval if n.startswith("zeroshot_"))
         assert zs == sorted(f"zeroshot_{d}" for d in ("caltech101", "flowers102", "food101", "sun397", "dtd", "aircraft",
@@ -51,7 +51,7 @@ def _project(root: Path, preset: str, fixtures: Path, ckpt: Path, blip2: Path, b
     for rel in ("dvc.yaml", ".dvcignore"):
         shutil.copy2(REPO / rel, root / rel)
     params = yaml.safe_load((REPO / "presets" / f"{preset}.yaml").read_text())
-    local = params["data"]["local"]
+    local = params["build_data"]["local"]
     local.update(root=str(fixtures), heldout_pairs=5, templates="simple_imagenet", val_fraction=0.25)
     params["align"]["model"] = f"tiny-clip:{ckpt}"
     params["caption"].update(model_path=str(blip2 if preset == "imagenet" else blip), batch_size=4, max_new_tokens=5)
@@ -90,8 +90,8 @@ def test_dvc_repro_on_the_preset_completes_with_fixture_data_and_tiny_models(pre
     params = yaml.safe_load((root / "params.yaml").read_text())
     methods = params["sweep"]["methods"]
     assert set(full["methods"]) == {"zeroshot", *methods, *(f"{m}+wise" for m in methods)}
-    shifts = {n[len("shift_"):] for n in params["data"]["local"]["eval"] if n.startswith("shift_")}
-    zs = {n[len("zeroshot_"):] for n in params["data"]["local"]["eval"] if n.startswith("zeroshot_")}
+    shifts = {n[len("shift_"):] for n in params["build_data"]["local"]["eval"] if n.startswith("shift_")}
+    zs = {n[len("zeroshot_"):] for n in params["build_data"]["local"]["eval"] if n.startswith("zeroshot_")}
     for row in full["methods"].values():
         assert {f"shift/{d}" for d in shifts} <= set(row) and {f"zeroshot/{d}" for d in zs} <= set(row)
         assert 0 <= row["id"]["mean"] <= 100
@@ -109,7 +109,7 @@ def test_plan_counts_present_sets_and_names_missing_ones(tmp_path):
     preset = yaml.safe_load((REPO / "presets/imagenet.yaml").read_text())
     make_preset_tree(tmp_path / "datasets", preset)
     shutil.rmtree(tmp_path / "datasets" / "objectnet-1.0")
-    preset["data"]["local"]["root"] = str(tmp_path / "datasets")
+    preset["build_data"]["local"]["root"] = str(tmp_path / "datasets")
     params = tmp_path / "params.yaml"
     params.write_text(yaml.safe_dump(preset))
     plans = make_plan(params, "imagenet", tflops=50.0)
@@ -126,8 +126,8 @@ def test_plan_counts_present_sets_and_names_missing_ones(tmp_path):
     assert "[MISSING] build_data    shift_objectnet" in text and "total" in text
 
 
-def _stage(root: Path, stage: str, env: dict) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(REPO / "stages" / f"{stage}.py")], cwd=root, env=env,
+def _stage(root: Path, stage: str, env: dict, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(REPO / "stages" / f"{stage}.py"), *args], cwd=root, env=env,
                           capture_output=True, text=True)
 
 
@@ -135,16 +135,16 @@ def test_missing_dataset_or_weights_stop_with_one_line_naming_path_and_layout(tm
     preset = yaml.safe_load((REPO / "presets/imagenet.yaml").read_text())
     make_preset_tree(tmp_path / "datasets", preset)
     shutil.rmtree(tmp_path / "datasets" / "imagenet-a")
-    preset["data"]["local"]["root"] = str(tmp_path / "datasets")
+    preset["build_data"]["local"]["root"] = str(tmp_path / "datasets")
     preset["align"]["model"] = f"ViT-B-16:{tmp_path / 'weights' / 'openai.pt'}"
     preset["caption"]["model_path"] = str(tmp_path / "blip2-opt-2.7b")
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(preset))
     env = dict(os.environ)
-    for stage, expected in (
-        ("build_data", f"{tmp_path}/datasets/imagenet-a: not found; shift_imagenet_a expects layout imagenet_subset: PATH/<wnid>/<image>"),
-        ("align", f"checkpoint {tmp_path}/weights/openai.pt not found; expected an open_clip checkpoint file of ViT-B-16"),
+    for stage, args, expected in (  # the paths dvc.yaml gives
+        ("build_data", ["--out", "data"], f"{tmp_path}/datasets/imagenet-a: not found; shift_imagenet_a expects layout imagenet_subset: PATH/<wnid>/<image>"),
+        ("align", ["--corpus", "data/corpus", "--out", "models/base"], f"checkpoint {tmp_path}/weights/openai.pt not found; expected an open_clip checkpoint file of ViT-B-16"),
     ):
-        proc = _stage(tmp_path, stage, env)
+        proc = _stage(tmp_path, stage, env, *args)
         lines = [line for line in proc.stderr.splitlines() if line.strip()]
         assert proc.returncode == 1 and len(lines) == 1 and expected in lines[0], proc.stderr[-2000:]
     assert not (tmp_path / "data" / "benchmark").exists() and not (tmp_path / "models").exists()

@@ -230,7 +230,7 @@ def split_emoji(emoji: list[Emoji], params: DataParams) -> _Split:
     if len(seen) < 2 or (params.unseen_fraction > 0 and len(unseen) < 2):
         raise ValueError(
             f"only {len(classes)} subcategories have >= {params.min_class_size} benchmark emoji: "
-            f"too few for {len(seen)} seen and {len(unseen)} unseen classes; lower data.min_class_size"
+            f"too few for {len(seen)} seen and {len(unseen)} unseen classes; lower build_data.min_class_size"
         )
 
     split_of: dict[str, str] = {}
@@ -246,7 +246,7 @@ def split_emoji(emoji: list[Emoji], params: DataParams) -> _Split:
                 part += groups[0]
                 train = [e for g in groups[1:] for e in g]
         if not train:
-            raise ValueError(f"class {sub!r}: no train emoji left; lower data.test_fraction / val_fraction")
+            raise ValueError(f"class {sub!r}: no train emoji left; lower build_data.test_fraction / val_fraction")
         for name, part in (("test", test), ("val", val), ("train", train)):
             for e in part:
                 split_of[e.code] = name

@@ -1,4 +1,4 @@
-"""The benchmark and corpus from local datasets (`data.source: local`): the paper's scale.
+"""The benchmark and corpus from local datasets (`build_data.source: local`): the paper's scale.
 
 Writes exactly what the embedded default writes, so every later stage runs unchanged:
   benchmark/finetune, benchmark/val   shards with `.cls` (val: a seeded per-sample draw from finetune)
@@ -68,7 +68,7 @@ class LocalDataParams:
                 raise ParamsError(f"{where}.eval.{name}: an eval set name starts with one of {', '.join(EVAL_PREFIXES)}")
 
     def template_list(self) -> list[str]:
-        return template_set(self.templates, "data.local.templates")
+        return template_set(self.templates, "build_data.local.templates")
 
 
 def _root(params: LocalDataParams) -> Path | None:
@@ -133,16 +133,16 @@ def import_local_data(out_root: Path, params: LocalDataParams) -> dict:
     t0 = time.perf_counter()
     root = _root(params)
     if not params.finetune:
-        raise ParamsError("data.local.finetune: missing; a layout entry such as {layout: imagenet, path: imagenet, split: train}")
+        raise ParamsError("build_data.local.finetune: missing; a layout entry such as {layout: imagenet, path: imagenet, split: train}")
     if not params.corpus:
-        raise ParamsError("data.local.corpus: missing; the folder of an img2dataset output (CC3M, LAION)")
+        raise ParamsError("build_data.local.corpus: missing; the folder of an img2dataset output (CC3M, LAION)")
     templates = params.template_list()
     finetune = read_layout("finetune", params.finetune, root)
     evals = {name: read_layout(name, spec, root) for name, spec in params.eval.items()}
     corpus_dir = Path(os.path.expanduser(params.corpus))
     corpus_dir = corpus_dir if corpus_dir.is_absolute() or root is None else root / corpus_dir
     if not corpus_dir.is_dir():
-        raise LayoutError(f"{corpus_dir}: not found; data.local.corpus expects an img2dataset output folder ({{00000..}}.tar)")
+        raise LayoutError(f"{corpus_dir}: not found; build_data.local.corpus expects an img2dataset output folder ({{00000..}}.tar)")
     shards = corpus_shards(corpus_dir)
     if params.heldout_pairs and len(shards) < 2:
         raise LayoutError(f"{corpus_dir}: one shard; held-out pairs come from the last shard, so the corpus needs two or more")
@@ -185,5 +185,5 @@ def import_local_data(out_root: Path, params: LocalDataParams) -> dict:
         counts["seconds"] = round(time.perf_counter() - t0, 1)
         write_json(tmp / "build_data.json", counts)
     if skips.skipped:
-        log.warning(skips.report("data.local"))
+        log.warning(skips.report("build_data.local"))
     return counts

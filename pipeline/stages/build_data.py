@@ -1,5 +1,5 @@
 """Stage `build_data`: the benchmark and the corpus (`data/benchmark`, `data/corpus`, `data/corpus_heldout`),
-built from the packaged default or imported from local datasets (`data.source`); params section `data`."""
+built from the packaged default or imported from local datasets (`build_data.source`); params section `build_data`."""
 from __future__ import annotations
 
 import time
@@ -12,7 +12,7 @@ from pipeline.data.default import DataParams, build_default_data
 from pipeline.data.local import import_local_data
 from pipeline.stages import _command as cmd
 
-register_params("data")(DataParams)
+register_params("build_data")(DataParams)
 
 
 def build_data(out_root: Path, params: DataParams) -> dict:
@@ -24,6 +24,6 @@ def build_data(out_root: Path, params: DataParams) -> dict:
 
 def command(out: Path = typer.Option(..., help="folder for benchmark/, corpus/ and corpus_heldout/"),
             params: Path = cmd.PARAMS) -> None:
-    """Build the benchmark and corpus: the packaged default, or local datasets (data.source: local)."""
-    p, t = cmd.section(params, "data"), time.time()
+    """Build the benchmark and corpus: the packaged default, or local datasets (build_data.source: local)."""
+    p, t = cmd.section(params, "build_data"), time.time()
     cmd.report("build_data", t, build_data(out, p))

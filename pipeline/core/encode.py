@@ -2,14 +2,11 @@
 from __future__ import annotations
 
 from itertools import islice
-from typing import TYPE_CHECKING, Callable, Iterable, Iterator
+from typing import Callable, Iterable, Iterator
 
 import torch
 import torch.nn.functional as F
 from tqdm import tqdm
-
-if TYPE_CHECKING:
-    pass
 
 
 def model_device(model) -> torch.device:

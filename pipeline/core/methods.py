@@ -24,10 +24,8 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from pipeline.core.losses import contrastive_loss, group_ids
-
-pass
 from pipeline.config import register_params
+from pipeline.core.losses import contrastive_loss, group_ids
 
 IMAGE, TEXT, HEAD = "image", "text", "head"
 

@@ -12,19 +12,16 @@ import io
 import json
 import logging
 import os
+import re
+import tarfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Iterable, Iterator, Sequence
 
 import webdataset as wds
 from PIL import Image
 
 from pipeline.io.atomic import atomic_dir
-
-pass
-import re
-import tarfile
-from typing import Sequence
 
 log = logging.getLogger(__name__)
 

@@ -191,8 +191,8 @@ def main() -> None:
     for name, rate, flops_s, memory in rows:
         tf = flops_s / 1e12
         mfu = f"{100 * tf / args.peak_tflops:.1f}%" if args.peak_tflops and tf else "-"
-        print(f"| {name} | {rate:.1f} | {rate / plain_rate:.2f} | {tf:.3f} | "
-              f"{(tf / plain_tflops) if tf else float('nan'):.2f} | {mfu} | {memory:.1f} |")
+        counted = f"{tf:.3f} | {tf / plain_tflops:.2f}" if tf else "- | -"
+        print(f"| {name} | {rate:.1f} | {rate / plain_rate:.2f} | {counted} | {mfu} | {memory:.1f} |")
 
 
 if __name__ == "__main__":

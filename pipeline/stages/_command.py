@@ -2,7 +2,6 @@
 whole, and the one-line report it prints. Paths have no defaults: dvc.yaml is where they are written."""
 from __future__ import annotations
 
-import importlib
 import json
 import sys
 import time
@@ -13,14 +12,15 @@ import typer
 
 from pipeline.config import ParamsError
 from pipeline.core.models import ModelNotAvailable
+from pipeline.stages import load_params
 
 PARAMS = typer.Option(Path("params.yaml"), "--params", help="params file (checked whole before running)")
 
 
 def section(path: Path, name: str | None):
     """The named section of the params file, after checking every section; None: check only."""
-    try:  # the package of the stages, by name: what imports it is one of them
-        sections = importlib.import_module("pipeline.stages").load_params(path)
+    try:
+        sections = load_params(path)
     except ParamsError as e:
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(2)

@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 import yaml
 
 _SECTIONS: dict[str, type] = {}
-RENAMED = {"data": "build_data"}  # sections of earlier releases, now named after their stage
+RENAMED = {"data": "build_data", "sweep": "report"}  # sections of earlier releases, now named after their stage
 
 
 T = TypeVar("T")

@@ -167,19 +167,19 @@ def make_plan(params_path: Path, preset: str | None = None, costs_path: Path = P
                            note=f"{n_classes} classes x k={r.k_per_class}"))
     n_anchor = n_classes * r.k_per_class
     plans.append(stage("pack", [], disk_bytes=(n_ft + n_anchor) * byte_size))
-    train, sweep, evaluate = p["train"], p["sweep"], p["evaluate"]
-    for m in sweep.methods:
+    train, report, evaluate = p["train"], p["report"], p["evaluate"]
+    for m in report.methods:
         steps = _train_flops_per_step(m, getattr(p["methods"], m), train, n_classes, c)
         val = (n_ft * local.val_fraction) * c["image_forward_flops"] * (train.steps * len(steps) // train.eval_every)
         trained = c["params"] if any(TEXT in ph for ph in get_method(m).phases) else c["params"] // 3 * 2
         streams = 2 if get_method(m).needs_anchors else 1
         decoding = f"{streams * train.num_workers} decoding processes per GPU" if train.num_workers else "decodes in-process"
-        plans.append(stage(f"train@{m} (x{len(sweep.seeds)} seeds)", [], flops=len(sweep.seeds) * (sum(steps) * train.steps + val),
-                               disk_bytes=len(sweep.seeds) * c["params"] * 4,
+        plans.append(stage(f"train@{m} (x{len(report.seeds)} seeds)", [], flops=len(report.seeds) * (sum(steps) * train.steps + val),
+                               disk_bytes=len(report.seeds) * c["params"] * 4,
                                ram=f"{trained * 16 / 1e9:.1f} GB GPU + activations", note=decoding))
         alphas = len(evaluate.wise_alphas)
-        plans.append(stage(f"evaluate@{m} (x{len(sweep.seeds)} seeds)", [],
-                               flops=len(sweep.seeds) * alphas * (n_eval + n_ft * local.val_fraction) * c["image_forward_flops"]))
+        plans.append(stage(f"evaluate@{m} (x{len(report.seeds)} seeds)", [],
+                               flops=len(report.seeds) * alphas * (n_eval + n_ft * local.val_fraction) * c["image_forward_flops"]))
     return plans
 
 

@@ -53,7 +53,7 @@ def settings(only: list[str] | None) -> list[tuple[str, list[str]]]:
 
 
 def queue_and_run(runs: list[tuple[str, list[str]]], seeds: list[int]) -> None:
-    common = ["sweep.methods=[arf]", f"sweep.seeds=[{','.join(map(str, seeds))}]", "evaluate.wise_alphas=[1.0]"]
+    common = ["report.methods=[arf]", f"report.seeds=[{','.join(map(str, seeds))}]", "evaluate.wise_alphas=[1.0]"]
     for name, overrides in runs:
         args = ["exp", "run", "--queue", "-n", name]
         for o in common + overrides:
@@ -94,7 +94,7 @@ def table(runs: list[tuple[str, list[str]]], found: dict[str, dict]) -> str:
             missing.append(name)
             continue
         row = exp["metrics"]["methods"]["arf"]
-        seeds = exp["params"].get("sweep", {}).get("seeds", seeds)
+        seeds = exp["params"].get("report", {}).get("seeds", seeds)
         label = ", ".join(overrides) or "defaults (params.yaml)"
         lines.append(f"| {label} | " + " | ".join(f"{row[k]:.1f}" if k in row else "–" for k, _ in COLUMNS) + " |")
     note = (f"\n\nNot run yet: {', '.join(missing)}." if missing else "")

@@ -18,7 +18,7 @@ from pipeline.core.methods import (
     list_methods,
 )
 from pipeline.core.models import model_dir_spec
-from pipeline.stages.evaluate import evaluate_wise
+from pipeline.core.wise import evaluate_wise
 from pipeline.stages.train import TrainParams, train
 
 SIM = str(SIMULATED)

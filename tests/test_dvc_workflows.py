@@ -28,7 +28,7 @@ TINY_PARAMS = {
     "embed_corpus": dict(batch_size=16),
     "retrieve": dict(k_per_class=2),
     "train": dict(steps=2, batch_size=4, anchor_batch_size=4, warmup_steps=1, eval_every=1),
-    "sweep": dict(methods=["lpft", "arf"], seeds=[0]),
+    "report": dict(methods=["lpft", "arf"], seeds=[0]),
     "evaluate": dict(wise_alphas=[0.5, 1.0]),
 }
 
@@ -75,7 +75,7 @@ def test_repro_runs_every_stage_and_writes_the_results(project):
     root, _, first = project
     ran = stages_run(first.stdout)
     assert {"build_data", "align", "embed_corpus", "caption", "embed_prompts", "retrieve", "pack", "gallery",
-            "train@lpft-0", "train@arf-0", "evaluate_zeroshot", "evaluate@lpft-0", "evaluate@arf-0", "report"} == ran
+            "train@lpft-0", "train@arf-0", "zeroshot", "evaluate@lpft-0", "evaluate@arf-0", "report"} == ran
     full = json.loads((root / "results/summary_full.json").read_text())
     assert set(full["methods"]) == {"zeroshot", "lpft", "lpft+wise", "arf", "arf+wise"}
     for row in full["methods"].values():
@@ -118,7 +118,7 @@ def test_more_seeds_as_an_experiment_run_only_the_new_seeds(project, tmp_path):
     root, env, _ = project
     work = tmp_path / "work"
     shutil.copytree(root, work, symlinks=True)
-    out = run(["dvc", "exp", "run", "-S", "sweep.seeds=[0,1]"], work, env)
+    out = run(["dvc", "exp", "run", "-S", "report.seeds=[0,1]"], work, env)
     assert stages_run(out.stdout) == {"train@lpft-1", "train@arf-1", "evaluate@lpft-1", "evaluate@arf-1", "report"}
     full = json.loads((work / "results/summary_full.json").read_text())
     assert full["seeds"] == [0, 1] and full["methods"]["arf"]["n_seeds"] == 2

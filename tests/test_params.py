@@ -31,6 +31,9 @@ def test_repo_params_file_is_valid():
     (lambda r: r.update(trian={"steps": 1}), "trian: unknown section"),
     (lambda r: r["caption"].update(backend="gpt"), "caption.backend: 'gpt' is not one of"),
     (lambda r: r["caption"].update(backend="blip", model_path=None), "caption.model_path: required"),
+    # sections of earlier releases name the section they became, the one named after its stage
+    (lambda r: r.update(sweep=r.pop("report")), "sweep: renamed to report"),
+    (lambda r: r.update(data=r.pop("build_data")), "data: renamed to build_data"),
 ])
 def test_bad_params_fail_with_one_line_naming_the_key(tmp_path, mutate, key):
     path = write_params(tmp_path, mutate)

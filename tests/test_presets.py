@@ -88,7 +88,7 @@ def test_dvc_repro_on_the_preset_completes_with_fixture_data_and_tiny_models(pre
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     full = json.loads((root / "results/summary_full.json").read_text())
     params = yaml.safe_load((root / "params.yaml").read_text())
-    methods = params["sweep"]["methods"]
+    methods = params["report"]["methods"]
     assert set(full["methods"]) == {"zeroshot", *methods, *(f"{m}+wise" for m in methods)}
     shifts = {n[len("shift_"):] for n in params["build_data"]["local"]["eval"] if n.startswith("shift_")}
     zs = {n[len("zeroshot_"):] for n in params["build_data"]["local"]["eval"] if n.startswith("zeroshot_")}

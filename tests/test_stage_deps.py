@@ -131,3 +131,38 @@ def test_the_import_graph_has_no_circle():
 
     for f in sorted(graph):
         visit(f)
+
+
+
+def test_every_stage_is_one_file_one_params_section_one_command_by_its_name():
+    """From a dvc.yaml stage name a newcomer finds its code, its entry point, its params and its command."""
+    from typer.main import get_command
+
+    from pipeline import config
+    from pipeline.cli import app
+    from pipeline.stages import load_all, stage_names
+
+    modules = load_all()
+    commands = set(get_command(app).commands)
+    # a section belongs to the stage module that holds its class (build_data's is defined in pipeline.data)
+    owner = {name: next((f"pipeline.stages.{m}" for m, mod in modules.items() if cls in vars(mod).values()),
+                        cls.__module__) for name, cls in config._SECTIONS.items()}
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    problems = []
+    for stage, spec in load_dvc()["stages"].items():
+        if not (ROOT / "pipeline" / "stages" / f"{stage}.py").is_file():
+            problems.append(f"{stage}: no pipeline/stages/{stage}.py")
+        if not spec["cmd"].startswith(f"python stages/{stage}.py "):
+            problems.append(f"{stage}: cmd does not run stages/{stage}.py")
+        if stage not in commands:
+            problems.append(f"{stage}: no `arf {stage}` command")
+        own = sorted(s for s, module in owner.items() if module == f"pipeline.stages.{stage}")
+        if own not in ([], [stage]):
+            problems.append(f"{stage}: registers params sections {own}")
+        # a stage reads its own section (when it has parameters) and, for train, its method's knobs
+        read = [p.split(".")[0] for p in spec.get("params", [])]
+        if read != own + (["methods"] if stage == "train" else []) or any(s not in params for s in own):
+            problems.append(f"{stage}: dvc.yaml lists params {spec.get('params')}, params.yaml sections {own}")
+    assert problems == []
+    assert set(load_dvc()["stages"]) == set(stage_names())  # and no stage module without its DVC stage
+    assert sorted(s for s, module in owner.items() if not module.startswith("pipeline.stages.")) == ["methods"]

@@ -7,9 +7,8 @@ import torch
 from helpers import make_corpus_shards, make_tiny_checkpoint
 
 from pipeline.core.models import create_model, model_dir_spec, write_model_dir
-from pipeline.core.wise import changed_parts, interpolate, retrieval_r1
+from pipeline.core.wise import changed_parts, evaluate_wise, interpolate, retrieval_r1
 from pipeline.io.shards import iter_samples, write_shards
-from pipeline.stages.evaluate import evaluate_wise
 from pipeline.stages.report import markdown_table, summarize, write_report
 
 CLASSES = ["red", "green", "blue", "yellow", "purple"]
@@ -128,7 +127,6 @@ import json, os, sys
 from pathlib import Path
 import pipeline.core.scoring as scoring
 import pipeline.core.wise as wise
-import pipeline.stages.evaluate as evaluate
 
 tmp, out = Path(sys.argv[1]), Path(sys.argv[2])
 encoded = {}
@@ -137,8 +135,8 @@ def counting(model, images, batch_size=256):
     encoded[len(encoded)] = len(feats)
     return feats
 wise.image_features = counting
-evaluate.evaluate_wise(tmp / "ft", tmp / "base", tmp / "eval", tmp / "packed", tmp / "heldout", [0.5, 1.0], out,
-                       {"method": "ft"})
+wise.evaluate_wise(tmp / "ft", tmp / "base", tmp / "eval", tmp / "packed", tmp / "heldout", [0.5, 1.0], out,
+                   {"method": "ft"})
 Path(f"{out}.rank{os.environ.get('RANK', 0)}.json").write_text(json.dumps(list(encoded.values())))
 """
 

@@ -32,6 +32,8 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 import open_clip  # noqa: E402
 
+from pipeline.io.atomic import atomic_dir, read_json  # noqa: E402
+
 log = logging.getLogger(__name__)
 
 CONFIG_DIR = Path(__file__).parent / "model_configs"
@@ -235,8 +237,6 @@ def write_model_dir(model: torch.nn.Module, name: str, out_dir: Path, head: dict
     """A model folder: `checkpoint.pt` (open_clip format), `model.json` naming its architecture, and for
     methods with a classifier `head.pt` ({weight, init, classnames}: the trained head, the zero-shot head
     it started from, and the classes its rows score)."""
-    from pipeline.io.atomic import atomic_dir
-
     with atomic_dir(out_dir) as tmp:
         save_checkpoint(model, name, tmp / "checkpoint.pt")
         if head is not None:
@@ -247,7 +247,7 @@ def write_model_dir(model: torch.nn.Module, name: str, out_dir: Path, head: dict
 
 def read_head(model_dir: str | os.PathLike) -> dict | None:
     """The classifier head of a model folder, or None for a model that classifies with its text tower."""
-    meta = json.loads((Path(model_dir) / "model.json").read_text())
+    meta = _model_json(model_dir)
     if "head" not in meta:
         return None
     head = torch.load(Path(model_dir) / meta["head"], map_location="cpu", weights_only=True)
@@ -258,7 +258,7 @@ def read_head(model_dir: str | os.PathLike) -> dict | None:
 
 
 def read_state_dict(model_dir: str | os.PathLike) -> dict[str, torch.Tensor]:
-    meta = json.loads((Path(model_dir) / "model.json").read_text())
+    meta = _model_json(model_dir)
     ckpt = torch.load(Path(model_dir) / meta["checkpoint"], map_location="cpu", weights_only=True)
     return ckpt["state_dict"] if "state_dict" in ckpt else ckpt
 
@@ -274,11 +274,12 @@ def portable_spec(spec: str | ModelSpec) -> str:
     return str(spec)
 
 
+def _model_json(model_dir: str | os.PathLike) -> dict:
+    return read_json(Path(model_dir) / "model.json", "a model folder with model.json and checkpoint.pt", ModelNotAvailable)
+
+
 def model_dir_spec(model_dir: str | os.PathLike) -> str:
     """The spec string of a model folder written by `write_model_dir`."""
     model_dir = Path(model_dir)
-    meta_path = model_dir / "model.json"
-    if not meta_path.is_file():
-        raise ModelNotAvailable(f"{meta_path}: missing; expected a model folder with model.json and checkpoint.pt")
-    meta = json.loads(meta_path.read_text())
+    meta = _model_json(model_dir)
     return f"{meta['name']}:{(model_dir / meta['checkpoint']).resolve()}"

@@ -12,15 +12,20 @@ probe changes neither tower, FT not the text tower), which is where most of the 
 """
 from __future__ import annotations
 
+import json
 import logging
+from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 
 from pipeline.core.distributed import Dist
 from pipeline.core.encode import class_means, class_prompts, encode_texts
 from pipeline.core.losses import group_ids
+from pipeline.core.models import create_model, model_dir_spec, read_head, read_state_dict
 from pipeline.core.scoring import classification_metrics, image_features
-from pipeline.io.eval_sets import EvalSet, HeldoutPairs
+from pipeline.io.atomic import atomic_file
+from pipeline.io.eval_sets import EvalSet, HeldoutPairs, read_eval_sets, read_heldout_pairs, read_val_set
 
 log = logging.getLogger(__name__)
 
@@ -109,3 +114,55 @@ class Scorer:
     def retention(self, pairs: HeldoutPairs) -> dict:
         return retrieval_r1(self.image_features("__heldout__", pairs.images, pairs.positions).cpu(),
                             self.text_features(tuple(pairs.captions)).cpu(), pairs.captions)
+
+
+@dataclass
+class ScoringParams:
+    """How a model is scored, whichever stage scores it (`evaluate`, `zeroshot`): each stage's section
+    holds these fields, so a run on N GPUs sets `nproc_per_node` in both."""
+    device: str = "auto"  # CUDA when present, else CPU
+    # Processes on this machine: > 1 relaunches the command under torchrun (one per GPU), each
+    # encoding every N-th image of every set; rank 0 writes the records.
+    nproc_per_node: int = field(default=1, metadata={"gt": 0})
+    # Preprocessed pixels each process keeps in memory, over all eval sets; the sets past it are
+    # decoded again at every alpha that changes the image tower (ImageNet's at 224 px: ~160 GB in all).
+    cache_gb: float = field(default=4.0, metadata={"min": 0})
+
+
+def evaluate_wise(model_dir: Path, base_dir: Path, eval_root: Path, packed_dir: Path, heldout_dir: Path,
+                  alphas: list[float], out_path: Path, tags: dict, device: str = "auto",
+                  cache_gb: float = 4.0) -> list[dict]:
+    """Score theta(alpha) for each alpha; write one JSON line per (alpha, dataset), wise-ft style.
+    Under torchrun every rank scores, on the gathered features, and rank 0 writes."""
+    dd = Dist.init(device)
+    device = dd.device
+    lm = create_model(model_dir_spec(base_dir), device=str(device))
+    base = {k: v.clone() for k, v in lm.model.state_dict().items()}
+    finetuned = {k: v.to(device) for k, v in read_state_dict(model_dir).items()}  # mixed with `base` on the device
+    head = read_head(model_dir)
+    changed = changed_parts(base, finetuned)
+    budget = int(cache_gb * 1024 ** 3)
+    sets = read_eval_sets(eval_root, lm.preprocess, dd, budget)
+    sets.append(read_val_set(packed_dir, lm.preprocess, dd, max(0, budget - sum(es.cached_bytes for es in sets))))
+    pairs = read_heldout_pairs(heldout_dir, lm.preprocess, dd)
+    scorer = Scorer(lm.model, lm.tokenizer, head, dd)
+    records = []
+    for alpha in alphas:
+        lm.model.load_state_dict(interpolate(base, finetuned, alpha))
+        scorer.invalidate(changed)
+        head_weight = None if head is None else \
+            interpolate({"w": head["init"]}, {"w": head["weight"]}, alpha)["w"].to(device)
+        for es in sets:
+            m = scorer.classify(es, head_weight)
+            records.append({**tags, "alpha": alpha, "dataset": es.name,
+                            **{k: m[k] for k in ("acc1", "acc5", "mean_per_class_recall", "n")}})
+        records.append({**tags, "alpha": alpha, "dataset": "corpus_heldout", **scorer.retention(pairs)})
+        if dd.rank == 0:
+            log.info("alpha %.2f: %s", alpha, {r["dataset"]: round(r.get("acc1", r.get("i2t_r1")), 1)
+                                                for r in records if r["alpha"] == alpha})
+    if dd.rank == 0:
+        with atomic_file(out_path) as f:
+            for r in records:
+                f.write(json.dumps(r) + "\n")
+    dd.barrier()
+    return records

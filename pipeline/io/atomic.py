@@ -49,6 +49,18 @@ def atomic_file(path: str | os.PathLike, mode: str = "w"):
     os.replace(tmp, path)
 
 
+def read_json(path: str | os.PathLike, expected: str, error: type[Exception] = FileNotFoundError):
+    """A JSON file a stage wrote. Missing or unreadable, it stops with one line naming the file and
+    saying what was `expected` there, as an `error` the command line reports."""
+    path = Path(path)
+    if not path.is_file():
+        raise error(f"{path}: missing; expected {expected}")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise error(f"{path}: not valid JSON ({e}); expected {expected}") from None
+
+
 def write_json(path: str | os.PathLike, obj, indent: int = 2) -> None:
     with atomic_file(path) as f:
         json.dump(obj, f, indent=indent, sort_keys=False)

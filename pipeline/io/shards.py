@@ -21,7 +21,7 @@ from typing import Iterable, Iterator, Sequence
 import webdataset as wds
 from PIL import Image
 
-from pipeline.io.atomic import atomic_dir
+from pipeline.io.atomic import atomic_dir, read_json
 
 log = logging.getLogger(__name__)
 
@@ -47,10 +47,7 @@ class ShardInfo:
 
 def read_shard_info(root: str | os.PathLike) -> ShardInfo:
     root = Path(root)
-    sizes_path = root / "sizes.json"
-    if not sizes_path.is_file():
-        raise FileNotFoundError(f"{sizes_path}: missing; expected a WebDataset shard folder with sizes.json")
-    sizes = json.loads(sizes_path.read_text())
+    sizes = read_json(root / "sizes.json", "a WebDataset shard folder with sizes.json")
     missing = [n for n in sizes if not (root / n).is_file()]
     if missing:
         raise FileNotFoundError(f"{root / missing[0]}: listed in sizes.json but missing")

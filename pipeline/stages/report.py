@@ -23,11 +23,12 @@ from pipeline.stages import _command as cmd
 BASE = "zeroshot"  # the base model's records; alpha 0 of every WiSE-FT curve
 
 
-@register_params("sweep")
+@register_params("report")
 @dataclass
-class SweepParams:
-    # What `dvc repro` trains and reports: every listed method once per seed (a DVC matrix). The
-    # default is the 1-seed preset; the 3-seed table is `dvc exp run -S 'sweep.seeds=[0,1,2]'`.
+class ReportParams:
+    # The table's rows and seeds: dvc.yaml's train and evaluate matrices run each (method, seed) listed
+    # here, so they are what `dvc repro` trains. The default is the 1-seed preset; the 3-seed table is
+    # `dvc exp run -S 'report.seeds=[0,1,2]'`.
     methods: list[str] = field(default_factory=lambda: ["lp", "ft", "lpft", "flyp", "arf", "arf_tca", "arf_ita"],
                                metadata={"choices": lambda: [m for m in list_methods() if m != BASE]})
     seeds: list[int] = field(default_factory=lambda: [0])
@@ -196,7 +197,7 @@ def write_report(eval_dir: Path, methods: list[str], seeds: list[int], out_dir: 
 
 def command(eval_dir: Path = typer.Option(...), out: Path = typer.Option(...), params: Path = cmd.PARAMS) -> None:
     """The results table (mean ± std over seeds), WiSE-FT curves for `dvc plots`, rendered plots."""
-    p, t = cmd.section(params, "sweep"), time.time()
+    p, t = cmd.section(params, "report"), time.time()
     write_report(eval_dir, p.methods, p.seeds, out)
     typer.echo((out / "summary.md").read_text())
     cmd.report("report", t, {"methods": p.methods, "seeds": p.seeds})

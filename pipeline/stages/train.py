@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import math
 import random
 import sys
 import time
@@ -34,6 +33,7 @@ from pipeline.core.models import (
     portable_spec,
     write_model_dir,
 )
+from pipeline.core.schedule import lr_factor
 from pipeline.io.shards import (
     IMAGE_EXTS,
     SkipCounter,
@@ -318,9 +318,8 @@ def train(method_name: str, packed_dir: Path, base_spec: str, out_dir: Path, par
             head.requires_grad_(HEAD in parts)
             trained += [head] if HEAD in parts else []
         opt = torch.optim.AdamW(trained, lr=params.lr, weight_decay=params.weight_decay)
-        warmup = max(1, params.warmup_steps)
         sched = torch.optim.lr_scheduler.LambdaLR(  # linear warm-up, then cosine decay to zero
-            opt, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / params.steps))))
+            opt, lambda s: lr_factor(s, params.steps, params.warmup_steps))
         first = 0
         if state is not None and step_i + params.steps > state["step"]:  # the phase the state was saved in
             first = state["step"] - step_i

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 
+from pipeline.config import DEVICE
 from pipeline.core.distributed import Dist
 from pipeline.core.encode import class_means, class_prompts, encode_texts
 from pipeline.core.losses import group_ids
@@ -120,7 +121,7 @@ class Scorer:
 class ScoringParams:
     """How a model is scored, whichever stage scores it (`evaluate`, `zeroshot`): each stage's section
     holds these fields, so a run on N GPUs sets `nproc_per_node` in both."""
-    device: str = "auto"  # CUDA when present, else CPU
+    device: str = field(default="auto", metadata=DEVICE)  # auto: CUDA when present, else CPU
     # Processes on this machine: > 1 relaunches the command under torchrun (one per GPU), each
     # encoding every N-th image of every set; rank 0 writes the records.
     nproc_per_node: int = field(default=1, metadata={"gt": 0})

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import typer
 
-from pipeline.config import register_params
+from pipeline.config import DEVICE, register_params
 from pipeline.core.captioners.registry import (
     caption_dataset,
     create_captioner,
@@ -43,7 +43,7 @@ class CaptionParams:
     prompt: str | None = None
     # blip / blip2 only: weights' dtype (bf16 / fp16 on a GPU) and device (auto: CUDA when present)
     dtype: str = field(default="fp32", metadata={"choices": ("fp32", "bf16", "fp16")})
-    device: str = "auto"
+    device: str = field(default="auto", metadata=DEVICE)
     # > 1: the caption command relaunches under torchrun, one process per GPU, each captioning
     # every world-th shard. Shards are captioned (and saved) one at a time, so a killed run resumes
     # at the first shard without captions.

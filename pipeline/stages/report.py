@@ -30,7 +30,7 @@ class ReportParams:
     # here, so they are what `dvc repro` trains. The default is the 1-seed preset; the 3-seed table is
     # `dvc exp run -S 'report.seeds=[0,1,2]'`.
     methods: list[str] = field(default_factory=lambda: ["lp", "ft", "lpft", "flyp", "arf", "arf_tca", "arf_ita"],
-                               metadata={"choices": lambda: [m for m in list_methods() if m != BASE]})
+                               metadata={"choices": lambda: [m for m in list_methods() if m != BASE], "min_items": 1})
     seeds: list[int] = field(default_factory=lambda: [0])
 
     def check(self, where: str) -> None:

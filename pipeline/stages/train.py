@@ -22,7 +22,7 @@ import typer
 import webdataset as wds
 from tqdm import tqdm
 
-from pipeline.config import register_params
+from pipeline.config import DEVICE, register_params
 from pipeline.core.distributed import Dist, relaunch_under_torchrun
 from pipeline.core.encode import batched, zeroshot_head
 from pipeline.core.methods import HEAD, IMAGE, TEXT, Step, get_method
@@ -59,7 +59,7 @@ class TrainParams:
     eval_every: int = field(default=20, metadata={"gt": 0})
     shuffle_buffer: int = field(default=2000, metadata={"gt": 0})
     # auto: CUDA when present, else CPU. Results are bit-identical run to run on one device only.
-    device: str = "auto"
+    device: str = field(default="auto", metadata=DEVICE)
     # fp32, or autocast to bf16 / fp16 (fp16 with loss scaling) for the forward passes on a GPU.
     precision: str = field(default="fp32", metadata={"choices": ("fp32", "bf16", "fp16")})
     # Save the full training state every this many steps (0: never) beside the output folder; a

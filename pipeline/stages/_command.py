@@ -32,11 +32,22 @@ def report(name: str, started: float, record: dict) -> None:
     typer.echo(f"[{name}] {time.time() - started:.1f}s {json.dumps(record, default=str)}")
 
 
+# What bad input, a full disk or a diverging run raise: one line and exit 1. Anything else is a bug
+# and keeps its traceback.
+EXPECTED = (OSError, ValueError, ArithmeticError, ModelNotAvailable)
+
+
 def run(app: Callable, args: list[str] | None = None) -> None:
-    """Run a typer app or command: bad input ends in one line, not a traceback."""
+    """Run a typer app or command: an expected failure ends in one line naming what to fix, not a
+    traceback; `--debug` anywhere on the command line shows the traceback instead."""
+    args = list(sys.argv[1:] if args is None else args)
+    debug = "--debug" in args
+    args = [a for a in args if a != "--debug"]
     try:
         (app if isinstance(app, typer.Typer) else _single(app))(args)
-    except (FileNotFoundError, ValueError, ModelNotAvailable) as e:
+    except EXPECTED as e:
+        if debug:
+            raise
         typer.echo(f"error: {e}", err=True)
         sys.exit(1)
 

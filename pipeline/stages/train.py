@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import math
 import random
 import sys
 import time
@@ -27,6 +28,7 @@ from pipeline.core.distributed import Dist, relaunch_under_torchrun
 from pipeline.core.encode import batched, zeroshot_head
 from pipeline.core.methods import HEAD, IMAGE, TEXT, Step, get_method
 from pipeline.core.models import (
+    ModelSpec,
     create_model,
     freeze_batchnorm,
     model_dir_spec,
@@ -34,6 +36,7 @@ from pipeline.core.models import (
     write_model_dir,
 )
 from pipeline.core.schedule import lr_factor
+from pipeline.io.digest import tree_digest
 from pipeline.io.shards import (
     IMAGE_EXTS,
     SkipCounter,
@@ -232,15 +235,20 @@ def set_trainable(model: torch.nn.Module, parts: frozenset[str]) -> list[torch.n
     return trained
 
 
-def _fingerprint(method_name: str, seed: int, base_spec: str, params: TrainParams, method_params, shards_over: int) -> str:
-    """What a resume state must match: the run it was saved from (same method, seed, base and params)."""
+def _fingerprint(method_name: str, seed: int, base_spec: str, params: TrainParams, method_params, shards_over: int,
+                 packed_dir: Path) -> dict:
+    """What a resume state must match, part by part: the run it was saved from (method, seed, params)
+    and everything that run read (packed data, base weights, the code), so that a rerun after any
+    input changed starts fresh instead of finishing a hybrid of two runs."""
     from dataclasses import asdict
 
-    run = {"method": method_name, "seed": seed, "base": portable_spec(base_spec), "train": asdict(params),
-           "method_params": asdict(method_params), "shards_over_ranks": shards_over}
-    for how_not_what in ("checkpoint_every", "nproc_per_node", "num_workers"):
-        run["train"].pop(how_not_what)
-    return json.dumps(run, sort_keys=True)
+    train = {k: v for k, v in asdict(params).items() if k not in ("checkpoint_every", "nproc_per_node", "num_workers")}
+    spec = ModelSpec.parse(base_spec)
+    return {"run": json.dumps({"method": method_name, "seed": seed, "train": train, "method_params": asdict(method_params),
+                               "shards_over_ranks": shards_over}, sort_keys=True),
+            "packed data": tree_digest(packed_dir),
+            "base model": tree_digest(spec.pretrained) if spec.is_local_checkpoint else portable_spec(spec),
+            "code": tree_digest(Path(__file__).parents[1], (".py", ".json"))}
 
 
 def resume_path(out_dir: Path) -> Path:
@@ -283,7 +291,8 @@ def train(method_name: str, packed_dir: Path, base_spec: str, out_dir: Path, par
         return val_accuracy(model, tokenizer, classnames, templates, val_images.to(device), val_labels.to(device),
                             None if head is None else head.detach())
 
-    fingerprint = _fingerprint(method_name, seed, base_spec, params, method_params, dd.world if by_shard else 1)
+    fingerprint = _fingerprint(method_name, seed, base_spec, params, method_params, dd.world if by_shard else 1,
+                               packed_dir)
     state_path = resume_path(out_dir)
     state = _load_resume(state_path, fingerprint) if params.checkpoint_every else None
     if state is not None:
@@ -379,6 +388,15 @@ def train(method_name: str, packed_dir: Path, base_spec: str, out_dir: Path, par
             value = (lambda x: x) if dd.world == 1 else dd.mean  # head terms are per-rank means
             record = {"loss": value(loss.item()), **{f"loss_{k}": value(v.item()) for k, v in terms.items()},
                       "lr": sched.get_last_lr()[0]}
+            # Checked on the values the record already synchronised: a NaN model is never written, and
+            # no resume point is saved after the step that made it.
+            bad = [k for k in terms if not math.isfinite(record[f"loss_{k}"])]
+            if bad or not math.isfinite(record["loss"]):
+                keys = [s["key"] for s in batch] + ([s["key"] for s in drawn_anchors] if anchor_stream is not None else [])
+                values = ", ".join(f"{k}={record['loss_' + k]}" for k in terms)
+                raise FloatingPointError(
+                    f"train {method_name} seed {seed}: step {step_i}: loss term {', '.join(bad) or 'sum'} is not finite "
+                    f"({values}); batch keys: {', '.join(keys[:8])}" + (f" and {len(keys) - 8} more" if len(keys) > 8 else ""))
             if step_i % params.eval_every == 0 or step_i == params.steps * len(method.phases):
                 record["val_acc1"] = val_acc()
             history.append({"step": step_i, **record})
@@ -431,7 +449,7 @@ def _data_parallel_loss(method, model, head, device):
     return lambda step, method_params: ddp(step, method_params)
 
 
-def _save_resume(path: Path, fingerprint: str, step: int, model, head, opt, sched, scaler, consumed: list,
+def _save_resume(path: Path, fingerprint: dict, step: int, model, head, opt, sched, scaler, consumed: list,
                  rng: random.Random, history: list[dict]) -> None:
     from pipeline.io.atomic import atomic_file
 
@@ -444,12 +462,16 @@ def _save_resume(path: Path, fingerprint: str, step: int, model, head, opt, sche
         torch.save(state, f)
 
 
-def _load_resume(path: Path, fingerprint: str) -> dict | None:
+def _load_resume(path: Path, fingerprint: dict) -> dict | None:
     if not path.is_file():
         return None
     state = torch.load(path, map_location="cpu", weights_only=True)
-    if state.get("fingerprint") != fingerprint:
-        log.warning("%s: saved by a run with other params; starting from scratch", path)
+    saved = state.get("fingerprint")
+    changed = [part for part in fingerprint if not isinstance(saved, dict) or saved.get(part) != fingerprint[part]]
+    if changed:
+        what = {"run": "params"}
+        log.warning("%s: saved by a run with other %s; starting from scratch", path,
+                    " and ".join(what.get(part, part) for part in changed))
         return None
     return state
 

@@ -152,7 +152,8 @@ def _names_in_label_order(names: dict[int, str], where: str) -> list[str]:
 
 
 def _subfolders(path: Path) -> list[str]:
-    return sorted(e.name for e in os.scandir(path) if e.is_dir())
+    """Visible subfolders: `.ipynb_checkpoints`, `.git` and the like are not classes."""
+    return sorted(e.name for e in os.scandir(path) if e.is_dir() and not e.name.startswith("."))
 
 
 def imagenet_synsets() -> list[str]:
@@ -186,7 +187,12 @@ def folder(name: str, path: Path, classnames: list[str] | None = None) -> Labell
     if classnames is not None and len(classnames) != len(folders):
         raise LayoutError(f"{path}: {len(folders)} class folders but {len(classnames)} classnames given")
     names = classnames or [f.replace("_", " ") for f in folders]
-    items = [(f"{f}/{img}", y, None) for y, f in enumerate(folders) for img in _image_files(path / f)]
+    images = {f: _image_files(path / f) for f in folders}
+    empty = [f for f in folders if not images[f]]
+    if empty:
+        raise LayoutError(f"{path / empty[0]}: a class folder with no images ({', '.join(IMAGE_SUFFIXES)}); "
+                          f"add images or remove it")
+    items = [(f"{f}/{img}", y, None) for y, f in enumerate(folders) for img in images[f]]
     return _files_set(name, path, items, names)
 
 

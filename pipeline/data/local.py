@@ -76,9 +76,18 @@ def _root(params: LocalDataParams) -> Path | None:
 
 
 def _samples(ls: LabelledSet, max_per_class: int | None, skips: SkipCounter, keep=lambda key: True):
-    """Shard samples of a set; unreadable files are skipped and counted, never fatal."""
+    """Shard samples of a set; unreadable files are skipped and counted, never fatal. A label outside
+    the set's classes or a key given to two images makes the set unusable (a wrong label file, two
+    files that one key cannot tell apart), whatever the layout: refused, naming the sample."""
     per_class: Counter = Counter()
+    seen: set[str] = set()
     for s in ls.samples():
+        if not 0 <= s.label < len(ls.classnames):
+            raise LayoutError(f"{ls.name}: sample {s.key}: label {s.label} is not a class of the set "
+                              f"(0..{len(ls.classnames) - 1}, {len(ls.classnames)} classnames under {ls.root})")
+        if s.key in seen:
+            raise LayoutError(f"{ls.name}: sample key {s.key} names two images under {ls.root}; rename one of them")
+        seen.add(s.key)
         if not keep(s.key) or (max_per_class is not None and per_class[s.label] >= max_per_class):
             continue
         try:

@@ -50,3 +50,60 @@ def test_hidden_folders_are_not_classes_and_an_empty_class_is_refused(tmp_path):
     with pytest.raises(LayoutError) as err:
         read_layout("finetune", {"layout": "folder", "path": str(tmp_path)})
     assert str(err.value).startswith(f"{tmp_path / 'empty'}: a class folder with no images (.jpg, ")
+
+
+def csv_set(tmp_path, rows: str, prefix: str = "", **spec):
+    (tmp_path / "imgs").mkdir(exist_ok=True)
+    for n in ("a.jpg", "b.jpg"):
+        (tmp_path / "imgs" / n).write_bytes(jpeg(0))
+    (tmp_path / "list.csv").write_text(prefix + "path,label\n" + rows, encoding="utf-8")
+    return read_layout("finetune", {"layout": "csv", "path": str(tmp_path / "list.csv"), **spec})
+
+
+@pytest.mark.parametrize("rows, error", [
+    ("imgs/a.jpg,cat\n/etc/passwd,dog\n", ":3: '/etc/passwd' is not an image file (.jpg, "),
+    ("imgs/a.jpg,cat\n../secret.png,dog\n", ":3: '../secret.png' is outside {root}; set allow_outside: true to import it"),
+    ("imgs/a.jpg,cat\n{root}/imgs/b.jpg,dog\n", ":3: '{root}/imgs/b.jpg' is outside {root}; set allow_outside: true"),
+    ("imgs/a.jpg,cat\nimgs/b.jpg\n", ":3: label is empty"),
+    ("imgs/a.jpg,cat\nimgs/b.jpg,\n", ":3: label is empty"),
+    ("imgs/a.jpg,cat\n,dog\n", ":3: path is empty"),
+    ("imgs/a.jpg,cat\nimgs/b.jpg,dog\nimgs/a.jpg,dog\n", ":4: imgs/a.jpg is listed again (first on line 2)"),
+])
+def test_a_bad_csv_row_is_refused_naming_file_and_line(tmp_path, rows, error):
+    root = tmp_path.resolve()
+    with pytest.raises(LayoutError) as err:
+        csv_set(tmp_path, rows.format(root=root))
+    assert str(err.value).startswith(f"{tmp_path / 'list.csv'}{error.format(root=root)}")
+
+
+def test_a_csv_with_a_byte_order_mark_reads_and_outside_paths_need_allow_outside(tmp_path):
+    ls = csv_set(tmp_path, "imgs/a.jpg,cat\nimgs/b.jpg,dog\n", prefix="\ufeff")
+    assert ls.classnames == ["cat", "dog"] and ls.size == 2
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    (outside / "c.jpg").write_bytes(jpeg(1))
+    sub = tmp_path / "sub"
+    sub.mkdir()
+    ls = csv_set(sub, f"imgs/a.jpg,cat\n../elsewhere/c.jpg,dog\n", allow_outside=True)
+    assert [s.read() for s in ls.samples()][1] == jpeg(1)
+
+
+def test_an_image_over_the_pixel_cap_is_refused_before_decoding(monkeypatch):
+    """A 13000 x 13000 PNG of one colour is ~0.2 MB on disk and ~800 MB decoded: it is refused from its
+    header, as a bad sample (ValueError, which every stage skips and counts)."""
+    import io
+    import time
+
+    from PIL import Image
+
+    import pipeline.io.shards as shards
+
+    buf = io.BytesIO()
+    Image.new("1", (13000, 13000)).save(buf, format="PNG")
+    started = time.process_time()
+    with pytest.raises(ValueError) as err:
+        shards.decode_image(buf.getvalue(), "bomb")
+    assert str(err.value) == "sample bomb: 13000x13000 px is over the 64,000,000 pixel cap"
+    assert time.process_time() - started < 0.5  # the header only: a decode takes seconds
+    monkeypatch.setattr(shards, "MAX_PIXELS", 13000 * 13000)
+    assert shards.decode_image(buf.getvalue(), "bomb").size == (13000, 13000)

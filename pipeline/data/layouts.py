@@ -197,14 +197,32 @@ def folder(name: str, path: Path, classnames: list[str] | None = None) -> Labell
 
 
 @register_layout("csv")
-def csv_table(name: str, path: Path, classnames: list[str] | None = None) -> LabelledSet:
-    """A CSV file with a header `path,label[,caption]`: image paths relative to the file, label = class name."""
-    with open(path, newline="") as f:
-        reader = csv.DictReader(f)
-        cols = reader.fieldnames or []
-        if "path" not in cols or "label" not in cols:
-            raise LayoutError(f"{path}: header {cols}; expected path,label[,caption]")
-        rows = list(reader)
+def csv_table(name: str, path: Path, classnames: list[str] | None = None, allow_outside: bool = False) -> LabelledSet:
+    """A CSV file with a header `path,label[,caption]`: image paths relative to the file, label = class
+    name. Paths must stay inside the file's folder (allow_outside: true lifts that): the shards are
+    shared through DVC remotes, and a third-party CSV must not pull a key file into them."""
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as f:  # -sig: a spreadsheet's byte-order mark
+            reader = csv.DictReader(f)
+            cols = reader.fieldnames or []
+            rows = list(reader)
+    except UnicodeDecodeError as e:
+        raise LayoutError(f"{path}: not UTF-8 text (byte {e.start}); expected a CSV file path,label[,caption]") from None
+    if "path" not in cols or "label" not in cols:
+        raise LayoutError(f"{path}: header {cols}; expected path,label[,caption]")
+    root = path.parent.resolve()
+    first_line: dict[str, int] = {}
+    for line, r in enumerate(rows, start=2):
+        rel, label = r.get("path") or "", r.get("label") or ""
+        if not rel.strip() or not label.strip():
+            raise LayoutError(f"{path}:{line}: {'path' if not rel.strip() else 'label'} is empty")
+        if not rel.lower().endswith(IMAGE_SUFFIXES):
+            raise LayoutError(f"{path}:{line}: {rel!r} is not an image file ({', '.join(IMAGE_SUFFIXES)})")
+        if not allow_outside and (Path(rel).is_absolute() or not (root / rel).resolve().is_relative_to(root)):
+            raise LayoutError(f"{path}:{line}: {rel!r} is outside {root}; set allow_outside: true to import it")
+        if rel in first_line:
+            raise LayoutError(f"{path}:{line}: {rel} is listed again (first on line {first_line[rel]})")
+        first_line[rel] = line
     names = classnames or sorted({r["label"] for r in rows})
     index = {c: i for i, c in enumerate(names)}
     items = []

@@ -107,3 +107,17 @@ def test_an_image_over_the_pixel_cap_is_refused_before_decoding(monkeypatch):
     assert time.process_time() - started < 0.5  # the header only: a decode takes seconds
     monkeypatch.setattr(shards, "MAX_PIXELS", 13000 * 13000)
     assert shards.decode_image(buf.getvalue(), "bomb").size == (13000, 13000)
+
+
+def test_an_eval_set_written_by_hand_with_a_label_out_of_range_is_refused_when_read(tmp_path):
+    """Eval sets in the CLIP_benchmark layout can be put in place without the import: reading checks
+    the labels again (a -1 scored acc5 33.3 on a 2-class set)."""
+    import torch
+
+    from pipeline.io.eval_sets import read_labelled_shards
+    from pipeline.io.shards import write_shards
+
+    write_shards(tmp_path / "test", [{"__key__": f"s{i}", "jpg": jpeg(i), "cls": str(y)} for i, y in enumerate([0, 1, -1])])
+    with pytest.raises(ValueError) as err:
+        read_labelled_shards(tmp_path / "test", "shift_x", ["a", "b"], ["{c}"], lambda im: torch.zeros(3, 2, 2))
+    assert str(err.value) == f"{tmp_path / 'test'}: sample s2: label -1 is not one of the 2 classes of shift_x (1 such sample(s))"

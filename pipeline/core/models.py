@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import pickle
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -250,7 +251,7 @@ def read_head(model_dir: str | os.PathLike) -> dict | None:
     meta = _model_json(model_dir)
     if "head" not in meta:
         return None
-    head = torch.load(Path(model_dir) / meta["head"], map_location="cpu", weights_only=True)
+    head = load_tensors(Path(model_dir) / meta["head"])
     if set(head) != {"weight", "init", "classnames"} or head["weight"].shape != head["init"].shape \
             or head["weight"].shape[0] != len(head["classnames"]):
         raise ValueError(f"{model_dir}/{meta['head']}: expected weight and init (C x D) and C classnames")
@@ -259,7 +260,7 @@ def read_head(model_dir: str | os.PathLike) -> dict | None:
 
 def read_state_dict(model_dir: str | os.PathLike) -> dict[str, torch.Tensor]:
     meta = _model_json(model_dir)
-    ckpt = torch.load(Path(model_dir) / meta["checkpoint"], map_location="cpu", weights_only=True)
+    ckpt = load_tensors(Path(model_dir) / meta["checkpoint"])
     return ckpt["state_dict"] if "state_dict" in ckpt else ckpt
 
 
@@ -272,6 +273,17 @@ def portable_spec(spec: str | ModelSpec) -> str:
         if not rel.startswith(".."):
             return f"{spec.name}:{rel}"
     return str(spec)
+
+
+def load_tensors(path: str | os.PathLike):
+    """A checkpoint of tensors and plain containers; anything else, a pickle that would run code
+    included, is refused with one line naming the file (torch's own refusal is a page of advice)."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise ValueError(f"{path}: refused: holds objects other than tensors ({str(e).splitlines()[-1].strip()[:160]})") from None
+    except RuntimeError as e:  # torch's zip reader on a truncated or foreign file
+        raise ValueError(f"{path}: not a readable torch checkpoint ({str(e).splitlines()[0][:160]})") from None
 
 
 def _model_json(model_dir: str | os.PathLike) -> dict:

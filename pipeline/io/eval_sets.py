@@ -133,6 +133,10 @@ def read_labelled_shards(shards: Path, name: str, classnames: list[str], templat
     all_labels = dist.gather_in_order(positions, torch.tensor(labels, dtype=torch.long))
     if not len(all_labels):
         raise ValueError(f"{shards}: no readable samples")
+    bad = [(k, y) for k, y in zip(keys, labels) if not 0 <= y < len(classnames)]
+    if bad:  # a -1 would index the last class name and score as a real prediction
+        raise ValueError(f"{shards}: sample {bad[0][0]}: label {bad[0][1]} is not one of the {len(classnames)} classes "
+                         f"of {name} ({len(bad)} such sample(s))")
     if images is None:
         pixels = ImageStream(shards, keys, preprocess, part=part)
     else:  # a rank may hold no image of a small set

@@ -48,7 +48,8 @@ def run(app: Callable, args: list[str] | None = None) -> None:
     except EXPECTED as e:
         if debug:
             raise
-        typer.echo(f"error: {e}", err=True)
+        lines = str(e).strip().splitlines()  # a library's message may run to a page
+        typer.echo(f"error: {lines[0] if lines else type(e).__name__}", err=True)
         sys.exit(1)
 
 

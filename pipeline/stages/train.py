@@ -31,6 +31,7 @@ from pipeline.core.models import (
     ModelSpec,
     create_model,
     freeze_batchnorm,
+    load_tensors,
     model_dir_spec,
     portable_spec,
     write_model_dir,
@@ -204,10 +205,13 @@ class SampleStream:
 def load_val(root: Path, preprocess) -> tuple[torch.Tensor, torch.Tensor]:
     from pipeline.io.shards import iter_shard_images
 
-    images, labels = [], []
-    for key, image, s in iter_shard_images(root):
+    images, labels, skips = [], [], SkipCounter()
+    for key, image, s in iter_shard_images(root, skips):
         images.append(preprocess(image))
         labels.append(int(_text(s["cls"])))
+    if not images:
+        raise ValueError(f"{root}: no decodable validation image ({skips.skipped} skipped); the ID validation "
+                         f"split is what training reports and WiSE-FT's alpha is chosen on")
     return torch.stack(images), torch.tensor(labels)
 
 
@@ -465,7 +469,7 @@ def _save_resume(path: Path, fingerprint: dict, step: int, model, head, opt, sch
 def _load_resume(path: Path, fingerprint: dict) -> dict | None:
     if not path.is_file():
         return None
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    state = load_tensors(path)
     saved = state.get("fingerprint")
     changed = [part for part in fingerprint if not isinstance(saved, dict) or saved.get(part) != fingerprint[part]]
     if changed:

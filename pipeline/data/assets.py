@@ -62,15 +62,18 @@ class AssetPaths:
         root = os.environ.get(ASSETS_ENV)
         return cls.under(root) if root else cls.installed()
 
-    def check(self) -> None:
-        """Fail early, naming the first missing location and the package that provides it."""
-        need = [
+    def needs(self) -> list[tuple[Path, str]]:
+        """What each source is read from, and the package that provides it."""
+        return [
             (self.google / "emoji.json", "npm package emoji-datasource-google"),
             (self.twitter / "emoji.json", "npm package emoji-datasource-twitter"),
             (self.openmoji / "data" / "openmoji.json", "npm package openmoji"),
             (self.tuxpaint_stamps, "Debian package tuxpaint-stamps-default"),
             (self.openclipart, "Debian package openclipart-png"),
         ]
-        for path, what in need:
+
+    def check(self) -> None:
+        """Fail early, naming the first missing location and the package that provides it."""
+        for path, what in self.needs():
             if not path.exists():
                 raise FileNotFoundError(f"{path}: missing; install the {what} (or set {ASSETS_ENV})")

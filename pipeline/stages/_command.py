@@ -11,7 +11,7 @@ from typing import Callable
 import typer
 
 from pipeline.config import ParamsError
-from pipeline.core.models import ModelNotAvailable
+from pipeline.core.errors import ModelNotAvailable
 from pipeline.stages import load_params
 
 PARAMS = typer.Option(Path("params.yaml"), "--params", help="params file (checked whole before running)")

@@ -31,11 +31,16 @@ from pipeline.stages import _command as cmd
 log = logging.getLogger(__name__)
 
 
+def backends() -> list[str]:
+    """Every `caption.backend`: the registered captioners, then `classname` (the class name alone as the
+    caption, the ablation without rich text; see class_name_captions)."""
+    return [*list_captioners(), "classname"]
+
+
 @register_params("caption")
 @dataclass
 class CaptionParams:
-    # classname: the class name alone as the caption, the ablation without rich text
-    backend: str = field(default="nn", metadata={"choices": lambda: (*list_captioners(), "classname")})
+    backend: str = field(default="nn", metadata={"choices": backends})
     model_path: str | None = None  # local BLIP / BLIP-2 folder (backends blip, blip2)
     num_captions: int = field(default=1, metadata={"gt": 0})
     batch_size: int = field(default=32, metadata={"gt": 0})

@@ -1,0 +1,75 @@
+"""The `arf` command: its listing imports no stage (so neither torch nor open_clip), a stage's command is
+imported when it runs (by its name or the dashed name of earlier releases), `check-params` takes the file
+as argument or option, `list` names every caption backend, `plan` without a preset plans params.yaml."""
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+from typer.testing import CliRunner
+
+from pipeline.cli import app
+from pipeline.stages import stage_names
+
+REPO = Path(__file__).resolve().parents[1]
+TOOLS = ["check-params", "plan", "layouts", "list", "export"]
+
+
+def test_help_lists_every_command_and_imports_neither_torch_nor_open_clip():
+    code = ("import sys\nfrom pipeline.cli import run\ntry:\n    run(['--help'])\nexcept SystemExit as e:\n"
+            "    assert e.code == 0, e.code\nprint([m for m in ('torch', 'open_clip') if m in sys.modules])")
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True).stdout
+    assert out.splitlines()[-1] == "[]"
+    listed = re.findall(r"^│ ([a-z][\w-]*) ", out, flags=re.M)
+    assert listed == [*stage_names(), *TOOLS]
+    assert "Finetune the base model with one method on the packed shards." in out  # train's help, read from its source
+
+
+def test_a_stage_runs_by_its_dashed_name_of_earlier_releases():
+    result = CliRunner().invoke(app, ["build-data", "--help"])
+    assert result.exit_code == 0, result.output
+    assert "Build the benchmark and corpus" in result.output and "--out" in result.output
+
+
+def _params(tmp_path: Path, **report) -> Path:
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params["report"].update(report)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    return tmp_path / "params.yaml"
+
+
+def test_check_params_takes_the_file_as_argument_or_option(tmp_path, monkeypatch):
+    path = _params(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    sections = "align, build_data, caption, embed_corpus, evaluate, methods, pack, report, retrieve, train, zeroshot"
+    runner = CliRunner()
+    for args, shown in (([str(path)], path), (["--params", str(path)], path), ([], "params.yaml")):
+        result = runner.invoke(app, ["check-params", *args])
+        assert (result.exit_code, result.output) == (0, f"{shown}: ok ({sections})\n")
+    result = runner.invoke(app, ["check-params", str(path), "--params", str(path)])
+    assert result.exit_code == 2 and "give the params file once" in result.output
+
+
+def test_list_names_every_caption_backend_classname_included():
+    result = CliRunner().invoke(app, ["list"])
+    assert result.exit_code == 0, result.output
+    assert "captioners (caption.backend): blip, blip2, nn, classname\n" in result.output
+
+
+def test_plan_without_a_preset_plans_the_default_params(tmp_path, monkeypatch):
+    _params(tmp_path, methods=["lp", "arf"], seeds=[0, 1])
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("ARF_ASSETS_DIR", str(tmp_path / "assets"))  # absent: every image source is missing
+    result = CliRunner().invoke(app, ["plan"])
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert lines[0] == "Plan for params.yaml"
+    assert [line.split()[:3] for line in lines if line.startswith("  [")] == \
+        [["[MISSING]", "build_data", "images"]] * 5 + [["[ok", "]", "align"]] * 2
+    rows = {line.split()[0]: line for line in lines[lines.index("") + 1:] if line and not line.startswith(" ")}
+    assert rows["align"].split() == ["align", "0.0", "0.1", "2", "CPU", "cores:", "150", "s", "(measured)"]
+    assert rows["train@arf"].split()[-3:] == ["530", "s", "(measured)"]  # 2 seeds x 265 s
+    assert rows["total"].split() == ["total", "0.0", "0.7", "2", "CPU", "cores:", "21", "min", "(measured)"]

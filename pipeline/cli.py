@@ -140,6 +140,20 @@ def export(model_dir: Path = typer.Argument(..., help="a model folder (model.jso
     typer.echo(f"{out_dir}: {', '.join(export_model(model_dir, out_dir))}")
 
 
+@app.command()
+def serve(index: Path = typer.Option(..., help="index folder (the retrieve stage's)"),
+          corpus: Path = typer.Option(..., help="corpus shard folder the index was built from (its images)"),
+          base: Path = typer.Option(..., help="model folder the corpus was embedded with"),
+          host: str = typer.Option("127.0.0.1", help="address to bind; 0.0.0.0 serves every interface"),
+          port: int = typer.Option(1234, help="port; 0 picks a free one")) -> None:
+    """Serve the corpus index with clip-retrieval's back end and our model, offline: clip-front at /,
+    POST /knn-service, GET /image/KEY (a sample's image as JPEG)."""
+    from pipeline.core.models import model_dir_spec
+    from pipeline.io.serve import serve as serve_index
+
+    serve_index(index, corpus, model_dir_spec(base), ready=typer.echo, host=host, port=port)
+
+
 def run(args: list[str] | None = None) -> None:
     """Entry point of `arf`: bad input ends in one line, not a traceback."""
     cmd.run(app, args)

@@ -31,8 +31,7 @@ ABLATIONS = {
     "captioner": ("caption.backend", ["classname"]),
 }
 PREFIX = "abl"
-COLUMNS = [("id_val", "ID val"), ("id", "ID test"), ("shift_avg", "shift avg"), ("zeroshot_avg", "zs avg"),
-           ("zeroshot_retention", "zs retention %"), ("i2t_r1", "corpus i2t R@1"), ("t2i_r1", "corpus t2i R@1")]
+COLUMNS = [("id_val", "ID val"), ("id", "ID test"), ("shift", "shift avg"), ("zs", "zs avg"), ("zs_ret", "zs retention %")]
 
 
 def dvc(*args: str) -> str:
@@ -64,14 +63,14 @@ def queue_and_run(runs: list[tuple[str, list[str]]], seeds: list[int]) -> None:
 
 
 def experiments() -> dict[str, dict]:
-    """name -> {"params": params.yaml data, "metrics": results/summary.json data} from `dvc exp show`."""
+    """name -> {"params": params.yaml data, "metrics": results/metrics.json data} from `dvc exp show`."""
     found: dict[str, dict] = {}
 
     def walk(node):
         if isinstance(node, dict):
             data = node.get("data")
             if node.get("name") and isinstance(data, dict) and "metrics" in data:
-                metrics = (data.get("metrics") or {}).get("results/summary.json", {}).get("data")
+                metrics = (data.get("metrics") or {}).get("results/metrics.json", {}).get("data")
                 params = (data.get("params") or {}).get("params.yaml", {}).get("data")
                 if metrics:
                     found[node["name"]] = {"params": params or {}, "metrics": metrics}
@@ -93,7 +92,7 @@ def table(runs: list[tuple[str, list[str]]], found: dict[str, dict]) -> str:
         if exp is None:
             missing.append(name)
             continue
-        row = exp["metrics"]["methods"]["arf"]
+        row = exp["metrics"]["arf"]
         seeds = exp["params"].get("report", {}).get("seeds", seeds)
         label = ", ".join(overrides) or "defaults (params.yaml)"
         lines.append(f"| {label} | " + " | ".join(f"{row[k]:.1f}" if k in row else "–" for k, _ in COLUMNS) + " |")

@@ -141,6 +141,33 @@ def encode_texts(model_spec: str, texts: Sequence[str]) -> np.ndarray:
     return torch.nn.functional.normalize(emb, dim=-1).numpy()
 
 
+def write_corpus_embeddings(out: str | Path, model_spec: str, samples: Sequence[CorpusSample]) -> Path:
+    """What embed_corpus writes for the decodable `samples` (clip-retrieval's layout: fp16 img_emb / text_emb,
+    metadata parquet with image_path, caption and the JSON fields), encoded here in-process: seconds, where
+    clip-retrieval's inference spends tens of seconds starting its worker processes. For tests that
+    need an index, not the inference (test_retrieve checks that the two agree)."""
+    import pandas as pd
+    import torch
+
+    from pipeline.core.models import create_model
+    from pipeline.io.shards import decode_image
+
+    good = [s for s in samples if not s.corrupt]
+    loaded = create_model(model_spec)
+    with torch.no_grad():
+        img = loaded.model.encode_image(torch.stack([loaded.preprocess(decode_image(s.png, s.key)) for s in good]))
+        txt = loaded.model.encode_text(loaded.tokenizer([s.caption for s in good]))
+    out = Path(out)
+    for sub, emb in (("img_emb", img), ("text_emb", txt)):
+        (out / sub).mkdir(parents=True)
+        emb = torch.nn.functional.normalize(emb.float(), dim=-1).numpy()
+        np.save(out / sub / f"{sub}_0.npy", emb.astype(np.float16))
+    (out / "metadata").mkdir()
+    pd.DataFrame([{"image_path": s.key, "caption": s.caption, **s.meta} for s in good]).to_parquet(
+        out / "metadata" / "metadata_0.parquet")
+    return out
+
+
 def make_prompts_npz(path: str | Path, model_spec: str, classnames: Sequence[str],
                      templates: Sequence[str] = ("a photo of a {}.", "a {} pattern.", "something {}.")) -> Path:
     """Class prompt embeddings as the prompts stage writes them: per class the mean of its template

@@ -156,3 +156,25 @@ def test_remote_push_then_pull_in_a_fresh_clone_restores_anchor_shards(project, 
     for stage in ("caption", "retrieve", "pack"):
         assert stage not in status, status
     assert stages_run(run(["dvc", "repro"], clone, env).stdout) == set()
+
+
+def test_the_readme_exp_show_command_fits_120_columns_and_metrics_are_compact(project):
+    """DVC's own views stay readable: the README's `dvc exp show` line in 120 columns with the finding's
+    numbers, and `dvc metrics show` one short row (per-step training logs are not metrics)."""
+    import re
+    import shlex
+
+    root, env, _ = project
+    line = next(l for l in (REPO / "README.md").read_text().splitlines() if l.startswith("dvc exp show "))
+    shown = run(shlex.split(line), root, dict(env, COLUMNS="120")).stdout
+    assert max(len(l) for l in shown.splitlines()) <= 120, shown
+    header = next(l for l in shown.splitlines() if "Experiment" in l).split()
+    assert header == ["Experiment", "Created", "arf.id", "arf.shift", "arf.zs", "report.seeds"], shown
+    metrics = json.loads((root / "results/metrics.json").read_text())
+    assert set(metrics) == {"zeroshot", "lpft", "arf"}
+    assert all(set(row) == {"id_val", "id", "shift", "zs", "zs_ret"} for row in metrics.values())
+    workspace = next(l for l in shown.splitlines() if "workspace" in l)
+    shown_values = [float(x) for x in re.findall(r"\d+(?:\.\d+)?", workspace)][:3]  # then report.seeds' 0
+    assert shown_values == [metrics["arf"][k] for k in ("id", "shift", "zs")], shown
+    rows = run(["dvc", "metrics", "show"], root, env).stdout.splitlines()
+    assert len(rows) == 2 and rows[1].startswith("results/metrics.json") and max(map(len, rows)) < 400, rows

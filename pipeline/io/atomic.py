@@ -13,14 +13,48 @@ import tempfile
 from pathlib import Path
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _temp_prefix(path: Path) -> str:
+    # The writer's pid in the name: a later run removes the temps of writers that died, never those
+    # of one still writing (two `dvc exp run --temp` or a user beside DVC).
+    return f".tmp-{path.name}-{os.getpid()}-"
+
+
+def _remove_dead_writers_temps(path: Path) -> None:
+    for stale in path.parent.glob(f".tmp-{path.name}-*"):
+        pid = stale.name[len(f".tmp-{path.name}-"):].split("-")[0]
+        if pid.isdigit() and _alive(int(pid)):
+            continue
+        if stale.is_dir() and not stale.is_symlink():
+            shutil.rmtree(stale, ignore_errors=True)
+        else:
+            stale.unlink(missing_ok=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 @contextlib.contextmanager
 def atomic_dir(path: str | os.PathLike):
-    """Yield a fresh temp folder that replaces `path` when the block exits without error."""
+    """Yield a fresh temp folder that replaces `path` when the block exits without error. The folder
+    gets the permissions the user's umask gives (mkdtemp's are 0700: unreadable to a lab's group)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    for stale in path.parent.glob(f".tmp-{path.name}-*"):
-        shutil.rmtree(stale, ignore_errors=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{path.name}-", dir=path.parent))
+    _remove_dead_writers_temps(path)
+    tmp = Path(tempfile.mkdtemp(prefix=_temp_prefix(path), dir=path.parent))
+    os.chmod(tmp, 0o777 & ~_umask())
     try:
         yield tmp
     except BaseException:
@@ -35,11 +69,14 @@ def atomic_dir(path: str | os.PathLike):
 
 @contextlib.contextmanager
 def atomic_file(path: str | os.PathLike, mode: str = "w"):
-    """Yield an open temp file that replaces `path` when the block exits without error."""
+    """Yield an open temp file that replaces `path` when the block exits without error, with the
+    permissions the user's umask gives (mkstemp's are 0600)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".tmp-{path.name}-", dir=path.parent)
+    _remove_dead_writers_temps(path)
+    fd, tmp = tempfile.mkstemp(prefix=_temp_prefix(path), dir=path.parent)
     os.close(fd)
+    os.chmod(tmp, 0o666 & ~_umask())
     try:
         with open(tmp, mode) as f:
             yield f

@@ -182,11 +182,23 @@ def render_plots(summary: dict, out_dir: Path) -> list[Path]:
     return paths
 
 
+# What `dvc metrics show` and `dvc exp show` display: each method's row (alpha = 1, the zero-shot row
+# at alpha 0) on the axes of the finding, short-named so that a few methods fit 120 columns. The wide
+# records stay in summary.json and summary_full.json.
+COMPACT = {"id_val": "id_val", "id": "id", "shift_avg": "shift", "zeroshot_avg": "zs", "zeroshot_retention": "zs_ret"}
+
+
+def compact_metrics(summary: dict) -> dict:
+    return {name: {short: round(row[k]["mean"], 2) for k, short in COMPACT.items()}
+            for name, row in summary["methods"].items() if not name.endswith("+wise")}
+
+
 def write_report(eval_dir: Path, methods: list[str], seeds: list[int], out_dir: Path) -> dict:
     summary = summarize(eval_dir, methods, seeds)
     metrics = {name: {k: round(v["mean"], 3) for k, v in row.items() if isinstance(v, dict) and "/" not in k}
                | {"alpha": row["alpha"]} for name, row in summary["methods"].items()}
     write_json(out_dir / "summary.json", {"seeds": seeds, "methods": metrics})
+    write_json(out_dir / "metrics.json", compact_metrics(summary))
     write_json(out_dir / "summary_full.json", summary)
     with atomic_file(out_dir / "summary.md") as f:
         f.write(markdown_table(summary))

@@ -115,17 +115,21 @@ def build_index(
             if index is None or not (tmp / f"{target}.index").is_file():
                 raise RuntimeError(f"autofaiss could not build the {target} index (key {key or 'auto'}, "
                                    f"{n} x {dim}); see its log above")
+            # autofaiss's infos, less what differs run to run or clone to clone (its search-speed
+            # timings, the absolute path of the temp folder), so that the folder's DVC hash is a
+            # function of its inputs: timings go to the log.
             infos_path = tmp / f"{target}.json"
             infos = json.loads(infos_path.read_text())
-            infos["index_path"] = str(Path(index_dir).resolve() / f"{target}.index")  # not the temp folder
+            timings = {k: round(infos.pop(k), 3) for k in list(infos) if "speed" in k}
+            infos["index_path"] = f"{target}.index"  # relative to this folder
             write_json(infos_path, infos)
             if key is None:
                 key = infos.get("index_key", "?")
             ntotal = faiss.read_index(str(tmp / f"{target}.index")).ntotal
             if ntotal != n:
                 raise RuntimeError(f"{target}.index holds {ntotal} vectors, embeddings have {n}")
-            report[target] = {"vectors": n, "dim": dim, "index_key": key, "chosen_by": chosen_by,
-                              "seconds": round(time.perf_counter() - t0, 2)}
+            report[target] = {"vectors": n, "dim": dim, "index_key": key, "chosen_by": chosen_by}
+            log.info("%s index: %s in %.1f s, search %s", target, key, time.perf_counter() - t0, timings)
         shutil.copytree(emb_dir / "metadata", tmp / "metadata")
         write_json(tmp / INDEX_REPORT, report)
     return report

@@ -15,7 +15,7 @@ from pipeline.cli import app
 from pipeline.stages import stage_names
 
 REPO = Path(__file__).resolve().parents[1]
-TOOLS = ["check-params", "plan", "layouts", "list", "export"]
+TOOLS = ["check-params", "plan", "layouts", "list", "export", "serve"]
 
 
 def test_help_lists_every_command_and_imports_neither_torch_nor_open_clip():

@@ -388,10 +388,11 @@ def train(method_name: str, packed_dir: Path, base_spec: str, out_dir: Path, par
                 scaler.update()
             else:
                 opt.step()
+            lr = sched.get_last_lr()[0]  # the rate this step trained with, before the schedule moves on
             sched.step()
             value = (lambda x: x) if dd.world == 1 else dd.mean  # head terms are per-rank means
             record = {"loss": value(loss.item()), **{f"loss_{k}": value(v.item()) for k, v in terms.items()},
-                      "lr": sched.get_last_lr()[0]}
+                      "lr": lr}
             # Checked on the values the record already synchronised: a NaN model is never written, and
             # no resume point is saved after the step that made it.
             bad = [k for k in terms if not math.isfinite(record[f"loss_{k}"])]
@@ -493,7 +494,8 @@ def _log(live, step: int, record: dict) -> None:
         return
     live.step = step
     for k, v in record.items():
-        live.log_metric(f"train/{k}" if k != "val_acc1" else "val/acc1", v)
+        if k != "step":  # dvclive's own step, not a metric
+            live.log_metric(f"train/{k}" if k != "val_acc1" else "val/acc1", v)
 
 
 def command(method: str = typer.Argument(..., help="a registered method (arf list)"),

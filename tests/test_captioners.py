@@ -198,7 +198,7 @@ def test_folder_of_the_other_backend(folders):
     assert "model_type 'blip-2'" in msg and "use captioner 'blip2'" in msg
 
 
-def test_option_errors(folders):
+def test_option_errors(folders, monkeypatch):
     with pytest.raises(ValueError, match="greedy decoding gives one caption"):
         make("blip", folders, num_captions=2, decoding="greedy")
     with pytest.raises(ValueError, match="batch_size must be an integer >= 1"):
@@ -209,9 +209,18 @@ def test_option_errors(folders):
         make("blip", folders, dtype="fp16", device="cpu")
     import torch
 
-    if not torch.cuda.is_available():
-        with pytest.raises(ValueError, match="CUDA is not available"):
+    if torch.cuda.is_available():  # a GPU host: the model goes where it was asked to
+        cap = make("blip", folders, device="cuda")
+        assert cap.device == "cuda" and {p.device.type for p in cap.model.parameters()} == {"cuda"}
+        assert make("blip", folders).device == "cuda"  # auto
+    else:
+        with pytest.raises(ValueError, match="device 'cuda' asked for but CUDA is not available"):
             make("blip", folders, device="cuda")
+        assert make("blip", folders).device == "cpu"  # auto
+    # the refusal, on any host: as if no GPU were there
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ValueError, match="device 'cuda:1' asked for but CUDA is not available"):
+        make("blip", folders, device="cuda:1")
 
 
 # ----------------------------------------------------------------------------------------- captioning

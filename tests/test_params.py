@@ -1,3 +1,4 @@
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -17,10 +18,24 @@ def write_params(tmp_path, mutate) -> Path:
     return path
 
 
-def test_repo_params_file_is_valid():
+def test_repo_params_file_is_valid_and_read_as_written():
+    """Every key of params.yaml reaches its dataclass with the value written in the file (nested
+    sections too: methods.arf.lambda_ita, build_data.local...)."""
+    raw = yaml.safe_load((REPO / "params.yaml").read_text())
     sections = load_params(REPO / "params.yaml")
-    assert {"build_data", "align", "caption", "retrieve", "pack", "train", "methods"} <= set(sections)
-    assert sections["methods"].arf.lambda_ita >= 0
+    assert {"build_data", "align", "caption", "embed_corpus", "retrieve", "pack", "train", "methods"} <= set(raw)
+
+    def compare(parsed, written, where):
+        if dataclasses.is_dataclass(parsed):
+            assert isinstance(written, dict), where
+            for key, value in written.items():
+                compare(getattr(parsed, key), value, f"{where}.{key}")
+        else:  # the same value, and the same type but for an int given where a float is expected
+            assert parsed == written, where
+            assert type(parsed) in (type(written), float if type(written) is int else None), where
+
+    for section, written in raw.items():
+        compare(sections[section], written or {}, section)
 
 
 @pytest.mark.parametrize("mutate, key", [

@@ -92,9 +92,12 @@ def test_dvc_repro_on_the_preset_completes_with_fixture_data_and_tiny_models(pre
     assert set(full["methods"]) == {"zeroshot", *methods, *(f"{m}+wise" for m in methods)}
     shifts = {n[len("shift_"):] for n in params["build_data"]["local"]["eval"] if n.startswith("shift_")}
     zs = {n[len("zeroshot_"):] for n in params["build_data"]["local"]["eval"] if n.startswith("zeroshot_")}
-    for row in full["methods"].values():
+    for name, row in full["methods"].items():
         assert {f"shift/{d}" for d in shifts} <= set(row) and {f"zeroshot/{d}" for d in zs} <= set(row)
-        assert 0 <= row["id"]["mean"] <= 100
+        records = [json.loads(l) for l in (root / "results/eval" / (
+            "zeroshot.jsonl" if row["alpha"] == 0 else f"{name.removesuffix('+wise')}/seed0.jsonl")).read_text().splitlines()]
+        ids = [r["acc1"] for r in records if r["alpha"] == row["alpha"] and r["dataset"].startswith("id_") and r["dataset"] != "id_val"]
+        assert len(ids) == 1 and row["id"]["mean"] == ids[0]
     base = json.loads((root / "models/base/model.json").read_text())
     assert base["pretrained"].startswith("tiny-clip:")  # a pretrained CLIP is the base as it is
     embedded_by = "pyspark on local[2]" if preset == "domainnet" else "sequential"

@@ -16,7 +16,8 @@ from helpers import (
     write_prompts_npz,
 )
 
-from pipeline.config import ParamsError, parse_section
+import pipeline.stages.embed_corpus as ec
+from pipeline.config import ParamsError
 from pipeline.io.clip_retrieval import ALL_CLIP_PREFIX, all_clip_uses_our_models
 from pipeline.io.embeddings import (
     TARGETS,
@@ -30,10 +31,9 @@ from pipeline.io.embeddings import (
 from pipeline.io.records import anchor_stats, read_anchors, write_anchors
 from pipeline.io.shards import decode_image
 from pipeline.stages import load_params
-from pipeline.stages.embed_corpus import EMBED_REPORT, EmbedCorpusParams, embed_corpus
+from pipeline.stages.embed_corpus import EMBED_REPORT, embed_corpus
 from pipeline.stages.retrieve import (
     INDEX_REPORT,
-    RetrieveParams,
     build_index,
     format_anchor_report,
     retrieve_anchors,
@@ -53,10 +53,19 @@ def built(tmp_path_factory):
     name, ckpt = make_tiny_checkpoint(tmp)
     spec = f"{name}:{ckpt}"
     corpus, samples = make_corpus_shards(tmp / "corpus", N_SAMPLES, corrupt=(CORRUPT,), rgba=(RGBA,))
-    report = embed_corpus(corpus, spec, tmp / "emb", batch_size=8)
+    stats = {}
+    real_rate = ec._steady_rate
+
+    def keep_stats(stats_dir):  # clip-retrieval's timing files, read before the stage removes them
+        stats.update({f.name: json.loads(f.read_text()) for f in stats_dir.iterdir() if f.suffix == ".json"})
+        return real_rate(stats_dir)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(ec, "_steady_rate", keep_stats)
+        report = embed_corpus(corpus, spec, tmp / "emb", batch_size=8)
     index_report = build_index(tmp / "emb", tmp / "index")
     return dict(tmp=tmp, spec=spec, corpus=corpus, samples=samples, report=report, index_report=index_report,
-                emb=tmp / "emb", index=tmp / "index")
+                emb=tmp / "emb", index=tmp / "index", stats=stats)
 
 
 def _encode_images(spec, images, mean_std=None):
@@ -96,7 +105,12 @@ def test_embed_corpus_layout_and_bad_sample_report(built):
                                           "reason": report["skipped_samples"][0]["reason"]}]
     assert "undecodable image" in report["skipped_samples"][0]["reason"]
     assert json.loads((emb / EMBED_REPORT).read_text())["skipped"] == 1
-    assert report["steady_samples_per_s"] > 0
+    # the steady rate: clip-retrieval's own counts over its read + inference time, all partitions
+    assert sorted(built["stats"]) == ["0.json"]  # one partition
+    (stats,) = built["stats"].values()
+    assert stats["sample_count"] == N_SAMPLES - 1
+    busy = stats["read_duration"] + stats["inference_duration"]
+    assert busy > 0 and report["steady_samples_per_s"] == round((N_SAMPLES - 1) / busy, 2)
     written = json.loads((emb / EMBED_REPORT).read_text())  # no timings in the DVC output
     assert not (emb / "stats").exists() and "seconds" not in written and "steady_samples_per_s" not in written
     assert not list(emb.parent.glob(".tmp-*"))
@@ -400,17 +414,3 @@ def test_params_k_zero_is_a_one_line_error(tmp_path):
     with pytest.raises(ParamsError, match=r"retrieve\.max_index_memory_usage"):
         load_params(p)["retrieve"]
 
-
-def test_params_yaml_sections_parse():
-    """The retrieve / embed_corpus sections of params.yaml (or the proposal in .tmp/) fit the dataclasses."""
-    import yaml
-
-    for path in (ROOT / "params.yaml", ROOT / ".tmp" / "params_retrieve.yaml"):
-        raw = yaml.safe_load(path.read_text()) if path.is_file() else None
-        if raw and "retrieve" in raw:
-            break
-    else:
-        pytest.skip("no retrieve section in params.yaml yet")
-    r = parse_section(RetrieveParams, raw["retrieve"], "retrieve")
-    e = parse_section(EmbedCorpusParams, raw.get("embed_corpus"), "embed_corpus")
-    assert r.k_per_class > 0 and r.target in TARGETS and e.batch_size > 0

@@ -1,5 +1,6 @@
 """The trainer on tiny packed shards with the tiny test model: determinism and what each method uses."""
 import json
+import math
 
 import pytest
 import torch
@@ -78,13 +79,27 @@ def test_a_different_seed_gives_a_different_run(setup):
     assert [h.get("loss") for h in a["history"]] != [h.get("loss") for h in b["history"]]
 
 
-def test_head_methods_train_only_their_parts_from_the_zero_shot_head(setup):
-    from pipeline.core.encode import zeroshot_head
+TEMPLATES = ["a {c} thing.", "a photo of something {c}."]
+
+
+@pytest.fixture(scope="module")
+def two_templates(setup):
+    """The packed shards of `setup` with two prompt templates per class."""
+    tmp, packed = setup
+    other = tmp / "packed_two_templates"
+    other.mkdir()
+    for split in ("finetune", "val", "anchors"):
+        (other / split).symlink_to(packed / split)
+    (other / "classes.json").write_text(json.dumps({"classnames": CLASSES, "templates": TEMPLATES}))
+    return tmp, other
+
+
+def test_head_methods_train_only_their_parts_from_the_zero_shot_head(two_templates):
     from pipeline.core.models import read_head
 
-    tmp, _ = setup
+    tmp, _ = two_templates
     base = weights(tmp / "base")
-    runs = {m: run(setup, m, NoParams(), m) for m in ("lp", "ft", "lpft")}
+    runs = {m: run(two_templates, m, NoParams(), m) for m in ("lp", "ft", "lpft")}
     for r in runs.values():
         assert {k for h in r["history"][1:] for k in h if k.startswith("loss_")} == {"loss_ce"}
     # LP: both towers bit-identical to the base, the head moved; FT and LP-FT: image tower moved, text frozen
@@ -92,8 +107,17 @@ def test_head_methods_train_only_their_parts_from_the_zero_shot_head(setup):
     for m in ("ft", "lpft"):
         assert changed(base, weights(tmp / m), True) and not changed(base, weights(tmp / m), False)
     assert len(runs["lpft"]["history"]) == 1 + 2 * 3 and len(runs["ft"]["history"]) == 1 + 3  # LP, then FT
+    # the zero-shot head by its definition: per class, the normalised mean of the normalised
+    # embeddings of its prompts, one per template, with the base text tower
     lm = create_model(model_dir_spec(tmp / "base"))
-    expected = zeroshot_head(lm.model, lm.tokenizer, CLASSES, ["a {c} thing."])
+    lm.model.eval()
+    with torch.no_grad():
+        expected = []
+        for c in CLASSES:
+            emb = lm.model.encode_text(lm.tokenizer([t.replace("{c}", c) for t in TEMPLATES]))
+            mean = (emb / emb.norm(dim=-1, keepdim=True)).mean(0)
+            expected.append(mean / mean.norm())
+        expected = torch.stack(expected)
     for m in ("lp", "ft", "lpft"):
         head = read_head(tmp / m)
         assert head["classnames"] == CLASSES
@@ -304,3 +328,81 @@ def test_decoding_workers_leave_the_run_bit_identical(setup, monkeypatch, method
     wa, wb = weights(tmp / f"{method}_w0"), weights(tmp / f"{method}_w2")
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
     assert set(multiprocessing.active_children()) <= before  # the pools are gone
+
+
+def _spy_loss(monkeypatch, method_name, seen: list):
+    """Record each step's inputs as the trainer hands them to the method's loss."""
+    from pipeline.core.methods import get_method
+
+    method = get_method(method_name)
+    real = method.loss
+
+    def spy(step, p):
+        seen.append({"captions": list(step.captions),
+                     "anchor_images": None if step.anchor_images is None else step.anchor_images.clone()})
+        return real(step, p)
+
+    monkeypatch.setattr(method, "loss", spy)
+
+
+def test_the_anchor_stream_follows_the_seed(setup, monkeypatch):
+    """The same seed draws the same anchors in the same order; another seed draws others."""
+    tmp, packed = setup
+    p = TrainParams(steps=2, batch_size=6, anchor_batch_size=5, lr=1e-3, warmup_steps=1, eval_every=100)
+    drawn = {}
+    for name, seed in (("a", 7), ("b", 7), ("c", 8)):
+        seen = []
+        _spy_loss(monkeypatch, "arf", seen)
+        train("arf", packed, model_dir_spec(tmp / "base"), tmp / f"anchor_seed_{name}", p, ArfParams(), seed=seed)
+        monkeypatch.undo()
+        assert len(seen) == 2 and all(s["anchor_images"].shape[0] == 5 for s in seen)
+        drawn[name] = torch.cat([s["anchor_images"] for s in seen])
+    assert torch.equal(drawn["a"], drawn["b"])
+    firsts = [drawn[n][:5] for n in ("a", "c")]  # the first anchor batch already differs
+    assert not torch.equal(*firsts)
+
+
+def test_a_corrupt_finetune_sample_is_skipped_and_counted(setup, tmp_path, monkeypatch):
+    """A truncated PNG in the finetune shards: the run completes on the readable samples, in stream
+    order (shuffle buffer 1 keeps the written order), and counts the bad one each time it is read."""
+    import shutil
+
+    tmp, packed = setup
+    src, samples = make_corpus_shards(tmp_path / "src", 8, corrupt=(3,), size=32)
+    bad = tmp_path / "packed"
+    write_shards(bad / "finetune", ({"__key__": s["__key__"], "png": s["png"], "txt": s["txt"],
+                                     "cls": str(CLASSES.index(meta.meta["color"]))}
+                                    for s, meta in zip(iter_samples(src), samples)))
+    shutil.copytree(packed / "val", bad / "val")
+    shutil.copy(packed / "classes.json", bad / "classes.json")
+    seen = []
+    _spy_loss(monkeypatch, "flyp", seen)
+    p = TrainParams(steps=2, batch_size=6, lr=1e-3, warmup_steps=1, eval_every=100, shuffle_buffer=1)
+    result = train("flyp", bad, model_dir_spec(tmp / "base"), tmp_path / "out", p, NoParams(), seed=0)
+    # samples 0-7 in order, 3 unreadable: step 1 reads 0 1 2 [3] 4 5 6, step 2 reads 7, then 0 1 2 [3] 4 5
+    caption = [s.caption for s in samples]
+    assert [s["captions"] for s in seen] == [[caption[i] for i in (0, 1, 2, 4, 5, 6)],
+                                            [caption[i] for i in (7, 0, 1, 2, 4, 5)]]
+    assert result["skipped"] == 2
+    assert [h["step"] for h in result["history"]] == [0, 1, 2] and (tmp_path / "out/checkpoint.pt").is_file()
+
+
+def test_the_learning_rate_each_step_trains_with_warms_up_then_decays_by_cosine(setup, monkeypatch):
+    """The lr the optimiser holds at each of its steps: linear warm-up over warmup_steps, then cosine
+    to zero over the phase, restarted for LP-FT's second phase (computed here from the definition)."""
+    tmp, packed = setup
+    used = []
+
+    class SpyAdamW(torch.optim.AdamW):
+        def step(self, *args, **kwargs):
+            used.append(self.param_groups[0]["lr"])
+            return super().step(*args, **kwargs)
+
+    monkeypatch.setattr(torch.optim, "AdamW", SpyAdamW)
+    steps, warmup, lr = 4, 2, 1e-3
+    p = TrainParams(steps=steps, batch_size=6, lr=lr, warmup_steps=warmup, eval_every=100)
+    train("lpft", packed, model_dir_spec(tmp / "base"), tmp / "lpft_lr", p, NoParams(), seed=0)
+    # warm-up factors (s + 1) / 2 = 0.5, 1, 1, 1; cosine 0.5 (1 + cos(pi s / 4)) = 1, 0.854, 0.5, 0.146
+    expected = [lr * min(1.0, (s + 1) / warmup) * (1 + math.cos(math.pi * s / steps)) / 2 for s in range(steps)]
+    assert expected == pytest.approx([5e-4, 8.535534e-4, 5e-4, 1.464466e-4], rel=1e-6)
+    assert used == pytest.approx(expected + expected, rel=1e-9)  # LP, then FT with a fresh schedule

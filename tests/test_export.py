@@ -1,9 +1,12 @@
-"""`arf export`: a model folder becomes an open_clip folder that plain open_clip (no `pipeline` import,
-in another process) loads with the same weights, tokenizer and image transform, so the same logits."""
+"""`arf export`: a model folder becomes a hub cache holding an open_clip repo that plain open_clip 2.32
+(no `pipeline` import, in another process) loads with the README's one call, offline, with the same
+weights, tokenizer and image transform, so the same features, logits and head scores."""
 from __future__ import annotations
 
 import json
 import os
+import re
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -16,45 +19,56 @@ from typer.testing import CliRunner
 
 from pipeline.cli import app
 from pipeline.core.models import DEFAULT_MODEL, create_model, model_dir_spec, read_head, write_model_dir
-from pipeline.io.export import export_model
+from pipeline.io.export import export_model, repo_id, snapshot_dir
 
 TEXTS = ["a red square", "a photo of a green circle", "stripes"]
 CLASSNAMES = ["red", "green", "blue", "yellow"]
+README = Path(__file__).resolve().parents[1] / "README.md"
 
-# The README's load for the installed open_clip (2.x: no `local-dir:` yet), run from inside the folder.
-LOAD = """
-import json, sys
-import open_clip, torch, torch.nn.functional as F
+
+def _readme() -> dict:
+    """The README's `arf export` section, as a user copies it: the export command's folder, the
+    environment its `export` line sets, and its two Python blocks (the load; a head's scores)."""
+    text = README.read_text()
+    section = text[text.index("## Using a trained model elsewhere: `arf export`"):]
+    section = section[:section.index("\n## ")]
+    blocks = re.findall(r"```(\w+)\n(.*?)```", section, re.S)
+    shell = [shlex.split(line, comments=True) for lang, b in blocks if lang == "bash" for line in b.splitlines()]
+    python = [b for lang, b in blocks if lang == "python"]
+    (cmd,) = [words for words in shell if words[:2] == ["arf", "export"]]
+    (env,) = [dict(w.split("=", 1) for w in words[1:]) for words in shell if words[:1] == ["export"]]
+    (load,) = [b for b in python if "create_model_and_transforms" in b]
+    (head,) = [b for b in python if "head.safetensors" in b]
+    return {"out": cmd[3], "env": env, "load": load, "head": head}
+
+
+# Around the README's lines: its load, then features and logits of the images and texts given, then (for a
+# model with a head) its head block, whose `images` are the preprocessed images.
+SCRIPT = """
+import sys
+{load}
+assert "pipeline" not in sys.modules
+import torch, torch.nn.functional as F
 from PIL import Image
 
-assert "pipeline" not in sys.modules
-cfg = json.load(open("open_clip_config.json"))
-pp = cfg["preprocess_cfg"]
-open_clip.factory._MODEL_CONFIGS["exported"] = cfg["model_cfg"]
-model, _, preprocess = open_clip.create_model_and_transforms(
-    "exported", pretrained="open_clip_model.safetensors", image_mean=pp["mean"], image_std=pp["std"],
-    image_interpolation=pp["interpolation"], image_resize_mode=pp["resize_mode"])
-tokenizer = open_clip.get_tokenizer("exported")
-
-images, texts, out = sys.argv[1].split(","), sys.argv[2].split("|"), sys.argv[3]
-pixels = torch.stack([preprocess(Image.open(p)) for p in images])
-model.eval()
-with torch.no_grad():
-    image = F.normalize(model.encode_image(pixels), dim=-1)
-    text = F.normalize(model.encode_text(tokenizer(texts)), dim=-1)
-result = {"pixels": pixels, "image": image, "text": text, "logits": model.logit_scale.exp() * image @ text.t(),
+paths, texts, out = sys.argv[1].split(","), sys.argv[2].split("|"), sys.argv[3]
+torch.set_grad_enabled(False)
+images = torch.stack([preprocess(Image.open(p)) for p in paths])
+image = F.normalize(model.encode_image(images), dim=-1)
+text = F.normalize(model.encode_text(tokenizer(texts)), dim=-1)
+result = {{"pixels": images, "image": image, "text": text, "logits": model.logit_scale.exp() * image @ text.t(),
           "transforms": [(type(t).__name__, str(getattr(t, "size", "")), str(getattr(t, "interpolation", "")),
                           [float(x) for x in getattr(t, "mean", [])], [float(x) for x in getattr(t, "std", [])])
-                         for t in preprocess.transforms]}
-try:
-    from safetensors import safe_open
-    with safe_open("head.safetensors", "pt") as f:
-        result["head_logits"] = image @ f.get_tensor("weight").t()
-        result["classnames"] = json.loads(f.metadata()["classnames"])
-except FileNotFoundError:
-    pass
+                         for t in preprocess.transforms]}}
+{head}
 torch.save(result, out)
 """
+HEAD_RESULT = """
+result["head_scores"], result["classnames"] = scores, classnames
+"""
+# What the process inherits from this one is cleared: it sees only what the README sets.
+CLEARED = ("PYTHONPATH", "HF_HOME", "HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE", "TRANSFORMERS_CACHE",
+           "PYTORCH_TRANSFORMERS_CACHE", "PYTORCH_PRETRAINED_BERT_CACHE", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
 
 
 def _transforms(preprocess) -> list:
@@ -73,12 +87,22 @@ def _images(folder: Path, n: int = 4) -> list[Path]:
     return paths
 
 
-def _plain_open_clip(export: Path, images: list[Path], out: Path) -> dict:
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    env.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
-    subprocess.run([sys.executable, "-c", LOAD, ",".join(map(str, images)), "|".join(TEXTS), str(out)],
-                   cwd=export, env=env, check=True)
+def _plain_open_clip(cwd: Path, images: list[Path], out: Path, head: bool = False) -> dict:
+    """The README's lines, run from `cwd` (where the README's export folder is) by a fresh Python that
+    does not see this project; the export must be the same afterwards (the load writes nothing)."""
+    readme = _readme()
+    script = SCRIPT.format(load=readme["load"], head=readme["head"] + HEAD_RESULT if head else "")
+    env = {k: v for k, v in os.environ.items() if k not in CLEARED}
+    env.update(readme["env"])
+    before = _listing(cwd / readme["out"])
+    subprocess.run([sys.executable, "-c", script, ",".join(map(str, images)), "|".join(TEXTS), str(out)],
+                   cwd=cwd, env=env, check=True)
+    assert _listing(cwd / readme["out"]) == before
     return torch.load(out, weights_only=True)
+
+
+def _listing(folder: Path) -> dict:
+    return {str(p.relative_to(folder)): p.stat().st_mtime_ns for p in sorted(folder.rglob("*"))}
 
 
 def _project(model_dir: Path, images: list[Path]) -> dict:
@@ -112,8 +136,16 @@ def _strings(obj):
 
 
 def _local_paths(export: Path) -> list[str]:
-    return [f"{p.name}: {s}" for p in sorted(export.glob("*.json")) for s in _strings(json.loads(p.read_text()))
-            if os.path.isabs(s) or ".venv" in s or "site-packages" in s]
+    """Strings in the export's JSON files (and refs) that name this machine; links (a copy, an archive
+    or a DVC push would break them)."""
+    files = sorted(export.rglob("*"))
+    found = [f"{p}: a link" for p in files if p.is_symlink()]
+    for p in files:
+        strings = list(_strings(json.loads(p.read_text()))) if p.suffix == ".json" else \
+            [p.read_text()] if p.parent.name == "refs" else []
+        found += [f"{p.relative_to(export)}: {s}" for s in strings
+                  if os.path.isabs(s) or ".venv" in s or "site-packages" in s]
+    return found
 
 
 @pytest.fixture(scope="module")
@@ -134,22 +166,43 @@ def test_the_model_folder_records_its_preprocessing(tiny_dir):
         "resize_mode": "shortest", "fill_color": 0}
 
 
-def test_plain_open_clip_loads_the_export_and_scores_as_the_project(tiny_dir, tmp_path):
-    out = tmp_path / "exported"
+def test_plain_open_clip_loads_the_export_with_the_readmes_call_and_scores_as_the_project(tiny_dir, tmp_path):
+    out = tmp_path / _readme()["out"]  # exports/arf-seed0, the README's
     result = CliRunner().invoke(app, ["export", str(tiny_dir), str(out)])
     assert result.exit_code == 0, result.output
     assert result.output == f"{out}: head.safetensors, open_clip_config.json, open_clip_model.safetensors\n"
-    config = json.loads((out / "open_clip_config.json").read_text())
+    assert repo_id(out) == "arf/arf-seed0"
+    assert sorted(p.name for p in out.iterdir()) == ["models--arf--arf-seed0"]
+    config = json.loads((snapshot_dir(out) / "open_clip_config.json").read_text())
     assert config["preprocess_cfg"] == json.loads((tiny_dir / "model.json").read_text())["preprocess"]
     assert _local_paths(out) == []
 
     images = _images(tmp_path / "images")
-    theirs = _plain_open_clip(out, images, tmp_path / "theirs.pt")
+    theirs = _plain_open_clip(tmp_path, images, tmp_path / "theirs.pt", head=True)
     ours = _project(tiny_dir, images)
     _assert_same(ours, theirs)
     head = read_head(tiny_dir)
     assert theirs["classnames"] == CLASSNAMES
-    assert torch.allclose(theirs["head_logits"], ours["image"] @ head["weight"].t(), rtol=0, atol=1e-6)
+    assert torch.allclose(theirs["head_scores"], ours["image"] @ head["weight"].t(), rtol=0, atol=1e-6)
+
+
+def test_the_export_is_a_hub_cache_whose_main_names_a_content_revision(tiny_dir, tmp_path):
+    a, b = export_model(tiny_dir, tmp_path / "a/m.1"), export_model(tiny_dir, tmp_path / "b/m.1")
+    assert a == b == ["head.safetensors", "open_clip_config.json", "open_clip_model.safetensors"]
+    repo = tmp_path / "a/m.1/models--arf--m.1"
+    revision = (repo / "refs/main").read_text()
+    assert re.fullmatch(r"[0-9a-f]{40}", revision)
+    assert sorted(str(p.relative_to(repo)) for p in repo.rglob("*")) == sorted(
+        ["refs", "refs/main", "snapshots", f"snapshots/{revision}"] + [f"snapshots/{revision}/{f}" for f in a])
+    assert snapshot_dir(tmp_path / "b/m.1").name == revision  # the same model, the same revision
+    assert not any(p.is_symlink() for p in repo.rglob("*"))
+
+
+@pytest.mark.parametrize("name", ["arf seed0", "arf--seed0", "-seed0", "x" * 97])
+def test_export_refuses_a_folder_name_that_is_no_repo_name(tiny_dir, tmp_path, name):
+    with pytest.raises(ValueError, match="repo id"):
+        export_model(tiny_dir, tmp_path / name)
+    assert not (tmp_path / name).exists()
 
 
 def test_a_folder_without_recorded_preprocessing_exports_its_architectures(tiny_dir, tmp_path):
@@ -161,7 +214,7 @@ def test_a_folder_without_recorded_preprocessing_exports_its_architectures(tiny_
     (old / "model.json").unlink()
     (old / "model.json").write_text(json.dumps({k: v for k, v in meta.items() if k != "preprocess"}))
     export_model(old, tmp_path / "exported")
-    config = json.loads((tmp_path / "exported/open_clip_config.json").read_text())
+    config = json.loads((snapshot_dir(tmp_path / "exported") / "open_clip_config.json").read_text())
     assert config["preprocess_cfg"] == meta["preprocess"]
 
 
@@ -174,15 +227,16 @@ def test_export_refuses_an_existing_folder(tiny_dir, tmp_path):
 def test_the_default_model_exports_with_its_text_tower_copied_in(tmp_path):
     torch.manual_seed(0)
     write_model_dir(create_model(DEFAULT_MODEL).model, DEFAULT_MODEL, tmp_path / "base")
-    out = tmp_path / "exported"
+    out = tmp_path / _readme()["out"]
     assert export_model(tmp_path / "base", out) == [
         "config.json", "open_clip_config.json", "open_clip_model.safetensors", "special_tokens_map.json",
         "tokenizer.json", "tokenizer_config.json", "vocab.txt"]
-    config = json.loads((out / "open_clip_config.json").read_text())
-    assert config["model_cfg"]["text_cfg"]["hf_model_name"] == config["model_cfg"]["text_cfg"]["hf_tokenizer_name"] == "."
+    config = json.loads((snapshot_dir(out) / "open_clip_config.json").read_text())
+    text_cfg = config["model_cfg"]["text_cfg"]
+    assert text_cfg["hf_model_name"] == text_cfg["hf_tokenizer_name"] == "arf/arf-seed0"
     assert config["preprocess_cfg"] == {"size": [96, 96], "mode": "RGB", "mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5],
                                         "interpolation": "bicubic", "resize_mode": "shortest", "fill_color": 0}
     assert _local_paths(out) == []
 
     images = _images(tmp_path / "images")
-    _assert_same(_project(tmp_path / "base", images), _plain_open_clip(out, images, tmp_path / "theirs.pt"))
+    _assert_same(_project(tmp_path / "base", images), _plain_open_clip(tmp_path, images, tmp_path / "theirs.pt"))

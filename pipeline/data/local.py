@@ -50,6 +50,7 @@ class LocalDataParams:
     # name -> layout entry. The prefix says the axis: id_*, shift_<domain>, zeroshot_<dataset>.
     eval: dict[str, dict[str, Any]] = field(default_factory=dict)
     # img2dataset output folder: {00000..}.tar with .jpg/.txt members and {00000..}_stats.json.
+    # null: benchmark only; align (on a bare model), embed_corpus and the stages after it stop naming this key.
     corpus: str | None = None
     # Corpus pairs held out of retrieval for the retention metric (taken from the last shard).
     heldout_pairs: int = field(default=500, metadata={"min": 0})
@@ -143,23 +144,27 @@ def import_local_data(out_root: Path, params: LocalDataParams) -> dict:
     root = _root(params)
     if not params.finetune:
         raise ParamsError("build_data.local.finetune: missing; a layout entry such as {layout: imagenet, path: imagenet, split: train}")
-    if not params.corpus:
-        raise ParamsError("build_data.local.corpus: missing; the folder of an img2dataset output (CC3M, LAION)")
     templates = params.template_list()
     finetune = read_layout("finetune", params.finetune, root)
     evals = {name: read_layout(name, spec, root) for name, spec in params.eval.items()}
-    corpus_dir = Path(os.path.expanduser(params.corpus))
-    corpus_dir = corpus_dir if corpus_dir.is_absolute() or root is None else root / corpus_dir
-    if not corpus_dir.is_dir():
-        raise LayoutError(f"{corpus_dir}: not found; build_data.local.corpus expects an img2dataset output folder ({{00000..}}.tar)")
-    shards = corpus_shards(corpus_dir)
-    if params.heldout_pairs and len(shards) < 2:
-        raise LayoutError(f"{corpus_dir}: one shard; held-out pairs come from the last shard, so the corpus needs two or more")
+    warnings, shards, corpus_dir = [], {}, None
+    if params.corpus:
+        corpus_dir = Path(os.path.expanduser(params.corpus))
+        corpus_dir = corpus_dir if corpus_dir.is_absolute() or root is None else root / corpus_dir
+        if not corpus_dir.is_dir():
+            raise LayoutError(f"{corpus_dir}: not found; build_data.local.corpus expects an img2dataset output folder ({{00000..}}.tar)")
+        shards = corpus_shards(corpus_dir)
+        if params.heldout_pairs and len(shards) < 2:
+            raise LayoutError(f"{corpus_dir}: one shard; held-out pairs come from the last shard, so the corpus needs "
+                              f"two or more (or set build_data.local.heldout_pairs: 0)")
+    else:
+        warnings.append("build_data.local.corpus: null; the benchmark is built, but align (on a bare model), "
+                        "embed_corpus and the stages after it need a corpus")
     for name, es in evals.items():
         target = es.projection.classnames if es.projection else es.classnames
         if name.startswith(("id_", "shift_")) and target != finetune.classnames:
-            raise LayoutError(f"{es.root}: {name} is scored with the finetune classes, but its classes differ "
-                              f"(name it zeroshot_* to score it with its own)")
+            raise LayoutError(f"{es.root}: build_data.local.eval.{name} is scored with the finetune classes, but its "
+                              f"classes differ (name it zeroshot_* to score it with its own)")
 
     skips = SkipCounter()
     counts: dict[str, Any] = {"source": "local"}
@@ -167,11 +172,15 @@ def import_local_data(out_root: Path, params: LocalDataParams) -> dict:
     with atomic_dir(out_root / "corpus") as tmp:
         manifest = dict(list(shards.items())[:-1]) if params.heldout_pairs else shards
         (tmp / "sizes.json").write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n")
-        counts["corpus"] = {"shards": len(manifest), "pairs": sum(manifest.values()), "folder": str(corpus_dir.resolve())}
+        counts["corpus"] = {"shards": len(manifest), "pairs": sum(manifest.values()),
+                            "folder": str(corpus_dir.resolve()) if corpus_dir else None}
     with atomic_dir(out_root / "corpus_heldout") as tmp:
-        held = _heldout_pairs(list(shards)[-1], params.heldout_pairs, skips) if params.heldout_pairs else []
+        held = _heldout_pairs(list(shards)[-1], params.heldout_pairs, skips) if params.heldout_pairs and shards else []
         write_shards(tmp, held, params.max_per_shard)
         counts["corpus_heldout"] = len(held)
+        if shards and len(held) < params.heldout_pairs:
+            warnings.append(f"build_data.local.heldout_pairs: {params.heldout_pairs} asked, {len(held)} held out: "
+                            f"the last corpus shard ({Path(list(shards)[-1]).name}), where they come from, holds no more")
     with atomic_dir(out_root / "benchmark") as tmp:
         frac, seed = params.val_fraction, params.seed
         info = write_shards(tmp / "finetune", _samples(finetune, params.max_per_class, skips,
@@ -180,8 +189,8 @@ def import_local_data(out_root: Path, params: LocalDataParams) -> dict:
                                                  lambda k: in_val_split(k, frac, seed)), params.max_per_shard)
         counts["benchmark"] = {"finetune": info.num_samples, "val": val.num_samples}
         if info.num_samples == 0 or val.num_samples == 0:
-            raise LayoutError(f"{finetune.root}: the finetune set gave {info.num_samples} train and "
-                              f"{val.num_samples} val samples; both must be non-empty")
+            raise LayoutError(f"{finetune.root}: the finetune set gave {info.num_samples} train and {val.num_samples} "
+                              f"val samples with build_data.local.val_fraction {frac}; change it so both are non-empty")
         for name, es in evals.items():
             sizes = write_clip_benchmark_set(tmp / "eval" / name, _samples(es, params.max_per_class, skips),
                                              es.classnames, es.templates or templates, params.max_per_shard)
@@ -191,8 +200,11 @@ def import_local_data(out_root: Path, params: LocalDataParams) -> dict:
         (tmp / "classes.json").write_text(json.dumps(
             {"seen": finetune.classnames, "unseen": [], "templates": templates}, indent=2) + "\n")
         counts["skipped"] = skips.skipped
+        counts["warnings"] = warnings
         counts["seconds"] = round(time.perf_counter() - t0, 1)
         write_json(tmp / "build_data.json", counts)
+    for w in warnings:
+        log.warning(w)
     if skips.skipped:
         log.warning(skips.report("build_data.local"))
     return counts

@@ -17,7 +17,7 @@ from typing import Iterator
 import torch
 
 from pipeline.core.distributed import Dist
-from pipeline.io.shards import SkipCounter, iter_shard_images
+from pipeline.io.shards import SkipCounter, iter_shard_images, read_corpus_info
 
 log = logging.getLogger(__name__)
 
@@ -165,6 +165,7 @@ class HeldoutPairs:
 
 
 def read_heldout_pairs(root: Path, preprocess, dist: Dist = Dist()) -> HeldoutPairs:
+    read_corpus_info(root, "the retention metric (held-out pairs, build_data.local.heldout_pairs > 0)")
     skips = SkipCounter()
     images, captions, positions = [], [], []
     for key, image, sample in iter_shard_images(root, skips, part=(dist.rank, dist.world)):

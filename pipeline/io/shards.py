@@ -54,6 +54,16 @@ def read_shard_info(root: str | os.PathLike) -> ShardInfo:
     return ShardInfo(root=root, sizes=sizes)
 
 
+def read_corpus_info(root: str | os.PathLike, needed_by: str) -> ShardInfo:
+    """A corpus shard folder. build_data writes an empty one when the params name no corpus
+    (`build_data.local.corpus: null`), so the stage that needs pairs stops saying which key to set."""
+    info = read_shard_info(root)
+    if not info.sizes:
+        raise ValueError(f"{root}: no corpus pairs, which {needed_by} needs: set build_data.local.corpus to an "
+                         "img2dataset output folder ({00000..}.tar with .jpg/.txt)")
+    return info
+
+
 def write_shards(root: str | os.PathLike, samples: Iterable[dict], max_per_shard: int = 1000) -> ShardInfo:
     """Write samples (each with `__key__` and `ext -> bytes|str` members) atomically to `root`."""
     root = Path(root)

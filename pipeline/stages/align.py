@@ -22,11 +22,17 @@ from pipeline.config import register_params
 from pipeline.core.encode import encode_images, encode_texts
 from pipeline.core.losses import contrastive_loss, group_ids
 from pipeline.core.models import (
+    ModelSpec,
     create_model,
     portable_spec,
     write_model_dir,
 )
-from pipeline.io.shards import SkipCounter, iter_shard_images, read_shard_info
+from pipeline.io.shards import (
+    SkipCounter,
+    iter_shard_images,
+    read_corpus_info,
+    read_shard_info,
+)
 from pipeline.stages import _command as cmd
 
 log = logging.getLogger(__name__)
@@ -112,6 +118,8 @@ def train_projections(model, img_feats, txt_feats, captions, params: AlignParams
 
 
 def align_base(corpus_dir: Path, out_dir: Path, params: AlignParams) -> dict:
+    if ModelSpec.parse(params.model).pretrained is None:  # checked before the towers load
+        read_corpus_info(corpus_dir, "align (a bare align.model is aligned on it; a pretrained one needs none)")
     torch.manual_seed(params.seed)  # the fresh projections are initialised when the model is built
     lm = create_model(params.model)
     if lm.spec.pretrained is not None:

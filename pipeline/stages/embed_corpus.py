@@ -39,7 +39,7 @@ from pipeline.io.embeddings import (
 from pipeline.io.shards import (
     IMAGE_EXTS,
     decode_image,
-    read_shard_info,
+    read_corpus_info,
     shard_members,
     shard_pattern,
     wds_key,
@@ -153,10 +153,8 @@ def embed_corpus(
     spec = ModelSpec.parse(model_spec)
     if spec.is_local_checkpoint:
         spec = ModelSpec(spec.name, str(Path(spec.pretrained).resolve()))
-    info = read_shard_info(Path(corpus_dir).resolve())
+    info = read_corpus_info(Path(corpus_dir).resolve(), "embed_corpus (ARF's anchors are retrieved from it)")
     urls = info.urls
-    if not urls:
-        raise ValueError(f"{corpus_dir}: sizes.json lists no shards")
     image_key = _image_key(urls)
     n_expected = info.num_samples
     if distribution not in DISTRIBUTIONS:

@@ -31,7 +31,7 @@ def _readme() -> dict:
     environment its `export` line sets, and its two Python blocks (the load; a head's scores)."""
     text = README.read_text()
     section = text[text.index("## Using a trained model elsewhere: `arf export`"):]
-    section = section[:section.index("\n## ")]
+    section = re.split(r"\n#{2,3} ", section, maxsplit=1)[0]  # to the next heading
     blocks = re.findall(r"```(\w+)\n(.*?)```", section, re.S)
     shell = [shlex.split(line, comments=True) for lang, b in blocks if lang == "bash" for line in b.splitlines()]
     python = [b for lang, b in blocks if lang == "python"]

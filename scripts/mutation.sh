@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Mutation testing of the core modules with mutmut, on the fast tests (docs/mutation.md).
-# Not part of .ci/run. ~15 min on 2 cores; writes docs/mutation.md and prints the per-module table.
+# Not part of .ci/run. ~7 min on 2 cores; writes docs/mutation.md and prints the per-module table.
 #
 #   scripts/mutation.sh                      # the whole scope (scripts/mutation_report.py SCOPE)
 #   scripts/mutation.sh "pipeline.core.losses.x_*"    # only these mutants (globs), a fresh run whose

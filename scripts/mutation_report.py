@@ -191,7 +191,7 @@ and reruns the tests that reach that function; a mutant the tests do not notice 
 part of `.ci/run`: it is a periodic check, run by hand.
 
 ```
-scripts/mutation.sh          # ~15 min on 2 cores; writes this file
+scripts/mutation.sh          # ~7 min on 2 cores; writes this file
 ```
 
 It installs `mutmut=={version}` into `.venv` if missing, deletes `mutants/` (mutmut's working copy:
@@ -208,14 +208,14 @@ test would kill it, with the value computed by hand) or **cosmetic** (a gap in a
 wording only). A survivor whose line changed since is *unclassified* until looked at.
 
 **Tests used**: the fast ones only (about a minute in all), `pytest_add_cli_args_test_selection` in
-`pyproject.toml`: `test_losses_methods.py`, `test_params.py`, `test_by_hand.py`,
+`pyproject.toml`: `test_losses_methods.py`, `test_params.py`, `test_faults_params.py`, `test_by_hand.py`,
 `test_build_data.py` (without the subprocess entry-point test), `test_wise_report.py` (without the
 two-process gloo test), `test_pack.py`, `test_gallery.py`, and by node id the by-hand metric tests
 of `test_models_eval.py`, the params test of `test_retrieve.py` and the two fast captioning tests of
 `test_caption_stage.py` (a renamed node id stops the run with pytest's usage error, exit 4). Left
 out: the DVC workflows, presets, torchrun / gloo, pyspark, the training runs of `test_train.py`, and
 every `test_retrieve.py` test that needs its corpus-embedding fixture (15-50 s per mutant: it spawns
-clip-retrieval workers), which is why `_assign` has no tests here.
+clip-retrieval workers); `retrieve._assign` is tested without it in `test_by_hand.py`.
 
 mutmut runs, per mutant, only the tests that called the mutated function during its stats run, and
 it credits a call to the test it happened in; a module-scoped fixture is built in the first test
@@ -237,8 +237,8 @@ decorated functions (mutmut never mutates them: the method losses `arf`, `flyp`,
 properties) and module-level code (dataclass field constraints).
 
 **Score** = (killed + timeout) / mutants; "no tests" means no selected test calls the function.
-The gap notes were checked when written: a scratch test following each note killed every mutant
-of its group (except the two `_assign` equivalents).
+A survivor classified as a gap is a test to write: `test_by_hand.py` holds the tests written from
+the first run's gap notes, computed by hand.
 
 ## Last run
 

@@ -120,8 +120,12 @@ def _project(model_dir: Path, images: list[Path]) -> dict:
 def _assert_same(ours: dict, theirs: dict) -> None:
     assert theirs["transforms"] == ours["transforms"]
     assert torch.equal(theirs["pixels"], ours["pixels"])
-    for key in ("image", "text", "logits"):
+    for key in ("image", "text"):
         assert torch.allclose(theirs[key], ours[key], rtol=0, atol=1e-6), key
+    # The project cuts the texts' padding (models.TrimmedTokenizer), plain open_clip does not: the
+    # same values up to float rounding, which the logits carry times the temperature.
+    scale = float(ours["logits"].abs().max() / (ours["image"] @ ours["text"].t()).abs().max())
+    assert torch.allclose(theirs["logits"], ours["logits"], rtol=0, atol=1e-6 * scale)
 
 
 def _strings(obj):

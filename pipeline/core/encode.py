@@ -13,6 +13,30 @@ def model_device(model) -> torch.device:
     return next(model.parameters()).device
 
 
+def channels_last(model: torch.nn.Module) -> torch.nn.Module:
+    """The image tower in channels-last memory format, for every pass through it (training included).
+
+    oneDNN's convolutions run the EfficientNet about 1.7x faster this way on CPU (measured at 96 px),
+    and cuDNN's under autocast prefer it too; a ViT only has its patch convolution to gain. Values
+    differ by float rounding only. Checkpoints are saved contiguous (`save_checkpoint`)."""
+    with torch.inference_mode(False):  # called from inference code too; the weights must stay trainable
+        model.visual.to(memory_format=torch.channels_last)
+    return model
+
+
+def inference_batch_size(device: torch.device | str) -> int:
+    """Images per forward pass where no parameter sets it: 32 on a CPU, 256 on a GPU. On a CPU, the
+    activations of a large batch fall out of cache: EfficientNet-Lite0 at 96 px encodes ~420 img/s
+    in batches of 32 and ~220 in batches of 256 (2 cores); a GPU needs large batches to be busy."""
+    return 256 if torch.device(device).type == "cuda" else 32
+
+
+def pixels(batch: torch.Tensor | list[torch.Tensor], device: torch.device | str) -> torch.Tensor:
+    """A batch of preprocessed images (a tensor or a list of them) on `device`, channels-last."""
+    x = torch.stack(batch) if isinstance(batch, list) else batch
+    return x.to(device).contiguous(memory_format=torch.channels_last)
+
+
 def batched(iterable: Iterable, n: int) -> Iterator[list]:
     it = iter(iterable)
     while batch := list(islice(it, n)):
@@ -24,10 +48,11 @@ def encode_images(model, preprocess: Callable, images: Iterable, batch_size: int
                   desc: str = "encode images", fn: Callable | None = None) -> torch.Tensor:
     """Normalised image embeddings (or `fn(model, x)` features) of PIL images, batched."""
     fn = fn or (lambda m, x: F.normalize(m.encode_image(x), dim=-1))
+    channels_last(model)
     out = []
     with tqdm(total=total, desc=desc, unit="img", leave=False) as bar:
         for batch in batched(images, batch_size):
-            out.append(fn(model, torch.stack([preprocess(im) for im in batch]).to(model_device(model))).float())
+            out.append(fn(model, pixels([preprocess(im) for im in batch], model_device(model))).float())
             bar.update(len(batch))
     return torch.cat(out) if out else torch.zeros(0)
 

@@ -26,15 +26,15 @@ from typing import Any
 
 import torch
 
+from pipeline.core.errors import ModelNotAvailable
+from pipeline.io.atomic import atomic_dir, read_json
+
 # Before open_clip imports huggingface_hub, which reads them once: a missing local file then fails at
-# once instead of trying the network.
+# once instead of trying the network. open_clip itself is imported where a function needs it: it
+# takes ~3 s, and every stage imports this module (checking a params file imports every stage),
+# while only the stages that build a model need open_clip.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-
-import open_clip  # noqa: E402
-
-from pipeline.core.errors import ModelNotAvailable  # noqa: E402
-from pipeline.io.atomic import atomic_dir, read_json  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +92,8 @@ def register_model_configs(folder: Path = CONFIG_DIR) -> None:
     """Make our JSON configs known to open_clip in this process (idempotent). With the default
     folder, the folders listed in $ARF_MODEL_CONFIGS (os.pathsep-separated) are registered too: a
     lab's own architectures, or the tiny ones the tests run the presets with, reach every stage."""
+    import open_clip
+
     global _REGISTERED
     if _REGISTERED and folder == CONFIG_DIR:
         return
@@ -141,6 +143,8 @@ class LoadedModel:
 
 
 def _check_available(spec: ModelSpec) -> None:
+    import open_clip
+
     if open_clip.get_model_config(spec.name) is None:
         raise ModelNotAvailable(
             f"model {spec}: unknown architecture {spec.name!r}; use one of open_clip.list_models() or add a "
@@ -159,6 +163,8 @@ def _check_available(spec: ModelSpec) -> None:
 
 def create_model(spec: str | ModelSpec, device: str = "cpu") -> LoadedModel:
     """Build a model from a spec; the only entry point the stages use."""
+    import open_clip
+
     register_model_configs()
     spec = ModelSpec.parse(spec) if isinstance(spec, str) else spec
     _check_available(spec)
@@ -181,7 +187,43 @@ def create_model(spec: str | ModelSpec, device: str = "cpu") -> LoadedModel:
         load_packaged_image_tower(model)
     model.eval()  # callers that train switch to train mode themselves
     tokenizer = open_clip.get_tokenizer(spec.name)
+    pad_id = padding_ignored_by(model)
+    if pad_id is not None:
+        tokenizer = TrimmedTokenizer(tokenizer, pad_id)
     return LoadedModel(model=model, preprocess=preprocess, tokenizer=tokenizer, spec=spec)
+
+
+def padding_ignored_by(model: torch.nn.Module) -> int | None:
+    """The pad token id of a text tower whose output does not depend on trailing padding, else None.
+
+    A Hugging Face tower (open_clip's HFTextEncoder) masks attention and pooling with `ids != pad`, so
+    cutting padding columns changes nothing but float rounding. open_clip's own towers are left as
+    they are: CLIP's adds the full positional table (a shorter input fails), and last-token pooling
+    (SigLIP, CoCa) would read a different token."""
+    from open_clip.hf_model import HFTextEncoder
+
+    text = getattr(model, "text", None)
+    return text.config.pad_token_id if isinstance(text, HFTextEncoder) else None
+
+
+class TrimmedTokenizer:
+    """open_clip's tokenizer with the padding columns every row has cut off the right.
+
+    The tokenizer pads to the full context (32 tokens for the embedded default) and prompts and
+    captions are 8-20 tokens long, so most of the text tower's work in a step would be on padding:
+    trimmed, ARF's step is about 1.5x faster on 2 cores. Only for towers that ignore padding
+    (`padding_ignored_by`). Anything else (`save_pretrained`, `context_length`) is the tokenizer's."""
+
+    def __init__(self, tokenizer, pad_id: int):
+        self.tokenizer, self.pad_id = tokenizer, pad_id
+
+    def __call__(self, texts, *args, **kwargs) -> torch.Tensor:
+        ids = self.tokenizer(texts, *args, **kwargs)
+        used = (ids != self.pad_id).any(0).nonzero()
+        return ids[:, :int(used.max()) + 1] if len(used) else ids
+
+    def __getattr__(self, name: str):
+        return getattr(self.tokenizer, name)
 
 
 def _looks_offline(e: Exception) -> bool:
@@ -216,8 +258,9 @@ def save_checkpoint(model: torch.nn.Module, name: str, path: Path, **extra) -> N
     """Save an open_clip-loadable checkpoint ({'state_dict': ..., 'name': ...}) atomically."""
     from pipeline.io.atomic import atomic_file
 
+    state = {k: v.contiguous() for k, v in model.state_dict().items()}  # whatever format it trained in
     with atomic_file(path, "wb") as f:
-        torch.save({"name": name, "state_dict": model.state_dict(), **extra}, f)
+        torch.save({"name": name, "state_dict": state, **extra}, f)
 
 
 def freeze_batchnorm(model: torch.nn.Module) -> None:
@@ -247,6 +290,8 @@ def write_model_dir(model: torch.nn.Module, name: str, out_dir: Path, head: dict
 
 def preprocess_cfg(model: torch.nn.Module) -> dict[str, Any]:
     """The evaluation transform's settings a model was built with (sequences as lists, as JSON has them)."""
+    import open_clip
+
     return {k: list(v) if isinstance(v, tuple) else v for k, v in open_clip.get_model_preprocess_cfg(model).items()}
 
 

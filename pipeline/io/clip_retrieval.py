@@ -42,12 +42,14 @@ def _load_for_all_clip(spec: str, use_jit: bool, device: str, clip_cache_path: s
     """An all_clip loader: (model, preprocess, tokenizer) built by our one model factory."""
     from all_clip.open_clip import OpenClipWrapper
 
+    from pipeline.core.encode import channels_last
     from pipeline.core.models import create_model
 
     loaded = create_model(spec, device=device)
     # open_clip's create_model returns the model in train mode, and all_clip never calls eval():
     # BatchNorm (the EfficientNet tower) would use batch statistics and dropout would be live.
     loaded.model.eval()
+    channels_last(loaded.model)  # the batches stay NCHW; oneDNN follows the weights' format
     # OpenClipWrapper is what all_clip's own open_clip loader returns (autocast on GPU, fp32 on CPU).
     model = OpenClipWrapper(inner_model=loaded.model, device=device)
     return model, _FlattenThenPreprocess(loaded.preprocess), loaded.tokenizer

@@ -49,7 +49,7 @@ class AlignParams:
     batch_size: int = field(default=512, metadata={"gt": 1})  # larger batches = harder negatives, still cheap
     lr: float = field(default=2e-3, metadata={"gt": 0})
     weight_decay: float = field(default=0.05, metadata={"min": 0})
-    feature_batch_size: int = field(default=128, metadata={"gt": 0})
+    feature_batch_size: int = field(default=32, metadata={"gt": 0})  # a GPU wants 256
     seed: int = 0
 
 

@@ -60,7 +60,7 @@ EMBED_REPORT = "embed_report.json"
 class EmbedCorpusParams:
     """`embed_corpus` section. Kept apart from `retrieve` so that changing k or the index does not re-embed."""
 
-    batch_size: int = field(default=64, metadata={"gt": 0})
+    batch_size: int = field(default=32, metadata={"gt": 0})
     num_workers: int = field(default=0, metadata={"min": 0})  # DataLoader workers for decoding
     # clip-retrieval's distribution: `sequential` (this process) or `pyspark` (one Spark task per
     # output partition, on the Spark master below).

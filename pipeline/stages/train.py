@@ -25,7 +25,7 @@ from tqdm import tqdm
 
 from pipeline.config import DEVICE, register_params
 from pipeline.core.distributed import Dist, relaunch_under_torchrun
-from pipeline.core.encode import batched, zeroshot_head
+from pipeline.core.encode import batched, channels_last, inference_batch_size, pixels, zeroshot_head
 from pipeline.core.methods import HEAD, IMAGE, TEXT, Step, get_method
 from pipeline.core.models import (
     ModelSpec,
@@ -220,7 +220,9 @@ def val_accuracy(model, tokenizer, classnames, templates, images, labels, head: 
     was_training = model.training
     model.eval()
     head = head if head is not None else zeroshot_head(model, tokenizer, classnames, templates)
-    feats = torch.cat([F.normalize(model.encode_image(images[i:i + 256]), dim=-1) for i in range(0, len(images), 256)])
+    n = inference_batch_size(images.device)
+    feats = torch.cat([F.normalize(model.encode_image(pixels(images[i:i + n], images.device)), dim=-1)
+                       for i in range(0, len(images), n)])
     acc = ((feats @ head.t()).argmax(1) == labels).float().mean().item() * 100
     if was_training:
         model.train()
@@ -272,7 +274,7 @@ def train(method_name: str, packed_dir: Path, base_spec: str, out_dir: Path, par
     classes = json.loads((packed_dir / "classes.json").read_text())
     classnames, templates = classes["classnames"], classes["templates"]
     lm = create_model(base_spec, device=str(device))
-    model, tokenizer = lm.model, lm.tokenizer
+    model, tokenizer = channels_last(lm.model), lm.tokenizer
     head = head_init = None
     head_scale = model.logit_scale.exp().item()
     if method.uses_head:
@@ -362,7 +364,7 @@ def train(method_name: str, packed_dir: Path, base_spec: str, out_dir: Path, par
             distinct = sorted(set(all_labels.tolist()))
             step = Step(
                 model=model, tokenizer=tokenizer,
-                images=torch.stack([s["image"] for s in batch]).to(device), labels=labels.to(device),
+                images=pixels([s["image"] for s in batch], device), labels=labels.to(device),
                 captions=everyone([s["txt"] for s in drawn]),
                 prompts=[rng.choice(templates).replace("{c}", classnames[c]) for c in distinct],
                 prompt_labels=torch.tensor(distinct).to(device), head=head, head_scale=head_scale,
@@ -372,7 +374,7 @@ def train(method_name: str, packed_dir: Path, base_spec: str, out_dir: Path, par
             )
             if anchor_stream is not None:
                 drawn_anchors = next(anchor_stream)
-                step.anchor_images = torch.stack([s["image"] for s in mine(drawn_anchors, b_anchor)]).to(device)
+                step.anchor_images = pixels([s["image"] for s in mine(drawn_anchors, b_anchor)], device)
                 step.anchor_captions = everyone([s["txt"] for s in drawn_anchors])
             with torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype else contextlib.nullcontext():
                 terms = loss_fn(step, method_params)

@@ -218,7 +218,10 @@ class TrimmedTokenizer:
         self.tokenizer, self.pad_id = tokenizer, pad_id
 
     def __call__(self, texts, *args, **kwargs) -> torch.Tensor:
-        ids = self.tokenizer(texts, *args, **kwargs)
+        return self.trim(self.tokenizer(texts, *args, **kwargs))
+
+    def trim(self, ids: torch.Tensor) -> torch.Tensor:
+        """A batch of token ids without the columns that are padding in every row."""
         used = (ids != self.pad_id).any(0).nonzero()
         return ids[:, :int(used.max()) + 1] if len(used) else ids
 

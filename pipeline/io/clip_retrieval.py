@@ -43,7 +43,14 @@ def _load_for_all_clip(spec: str, use_jit: bool, device: str, clip_cache_path: s
     from all_clip.open_clip import OpenClipWrapper
 
     from pipeline.core.encode import channels_last
-    from pipeline.core.models import create_model
+    from pipeline.core.models import TrimmedTokenizer, create_model
+
+    class TrimmingWrapper(OpenClipWrapper):
+        """clip-retrieval tokenizes text by text and stacks the ids in its DataLoader, so each needs
+        the full context: the padding columns are cut off per batch, here, instead."""
+
+        def encode_text(self, text):
+            return super().encode_text(tokenizer.trim(text))
 
     loaded = create_model(spec, device=device)
     # open_clip's create_model returns the model in train mode, and all_clip never calls eval():
@@ -51,8 +58,12 @@ def _load_for_all_clip(spec: str, use_jit: bool, device: str, clip_cache_path: s
     loaded.model.eval()
     channels_last(loaded.model)  # the batches stay NCHW; oneDNN follows the weights' format
     # OpenClipWrapper is what all_clip's own open_clip loader returns (autocast on GPU, fp32 on CPU).
+    tokenizer = loaded.tokenizer
+    if isinstance(tokenizer, TrimmedTokenizer):
+        model = TrimmingWrapper(inner_model=loaded.model, device=device)
+        return model, _FlattenThenPreprocess(loaded.preprocess), tokenizer.tokenizer
     model = OpenClipWrapper(inner_model=loaded.model, device=device)
-    return model, _FlattenThenPreprocess(loaded.preprocess), loaded.tokenizer
+    return model, _FlattenThenPreprocess(loaded.preprocess), tokenizer
 
 
 @contextlib.contextmanager

@@ -16,7 +16,8 @@ import os
 import pytest
 
 # Longest first (seconds on 2 cores, from `pytest --durations`); files not listed follow in their order.
-LONGEST = ["test_presets.py::imagenet", "test_presets.py::domainnet", "test_dvc_workflows.py"]
+LONGEST = ["test_dvc_workflows.py", "test_presets.py::domainnet", "test_presets.py::imagenet", "test_retrieve.py",
+           "test_train.py"]
 
 
 def _group(item) -> str:
@@ -26,6 +27,7 @@ def _group(item) -> str:
     return name
 
 
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook, which reads the groups into the node ids
 def pytest_collection_modifyitems(config, items):
     rank = {g: i for i, g in enumerate(LONGEST)}
     items.sort(key=lambda item: rank.get(_group(item), len(LONGEST)))  # stable: file order otherwise

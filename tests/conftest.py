@@ -1,9 +1,11 @@
 """How the suite runs on several workers (pytest-xdist; the README's test command is `-n auto
---dist loadgroup`).
+--dist loadfile`).
 
-* Each test file is one group, run by one worker, so a module fixture (a built project, a trained
-  model) is built once. The two preset runs are the longest tests; each is its own group.
-* The longest groups are collected first, so that they start at once and the short files fill in
+* Each test file runs on one worker, so a module fixture (a built project, a trained model) is built
+  once. (`--dist loadgroup` would let the two preset runs go to different workers, but with pytest 9.2
+  and xdist 3.8 it ignores the groups: every test went to either worker and the workflow project was
+  built twice.)
+* The longest files are collected first, so that they start at once and the short files fill in
   behind them; otherwise the run ends with one worker on a long file and the other idle.
 * The cores are shared out among the workers: each worker's torch, and every process it starts
   (stages, torchrun, Spark), gets cores // workers threads. Two workers on two cores with two busy
@@ -13,26 +15,13 @@ from __future__ import annotations
 
 import os
 
-import pytest
-
 # Longest first (seconds on 2 cores, from `pytest --durations`); files not listed follow in their order.
-LONGEST = ["test_dvc_workflows.py", "test_presets.py::domainnet", "test_presets.py::imagenet", "test_retrieve.py",
-           "test_train.py"]
+LONGEST = ["test_presets.py", "test_dvc_workflows.py", "test_retrieve.py", "test_train.py"]
 
 
-def _group(item) -> str:
-    name = item.path.name
-    if name == "test_presets.py" and "[" in item.name:
-        return f"{name}::{item.name.split('[')[1].rstrip(']')}"
-    return name
-
-
-@pytest.hookimpl(tryfirst=True)  # before xdist's own hook, which reads the groups into the node ids
 def pytest_collection_modifyitems(config, items):
-    rank = {g: i for i, g in enumerate(LONGEST)}
-    items.sort(key=lambda item: rank.get(_group(item), len(LONGEST)))  # stable: file order otherwise
-    for item in items:
-        item.add_marker(pytest.mark.xdist_group(_group(item)))
+    rank = {name: i for i, name in enumerate(LONGEST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(LONGEST)))  # stable: file order otherwise
 
 
 def pytest_configure(config):

@@ -56,3 +56,21 @@ def test_a_truncated_checkpoint_is_named(model_dir):
     with pytest.raises(ValueError) as err:
         read_state_dict(model_dir)
     assert str(err.value).startswith(f"{ckpt}: not a readable torch checkpoint (") and "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("key, name", [("checkpoint", "../elsewhere.pt"), ("checkpoint", "/etc/passwd"),
+                                       ("checkpoint", "sub/checkpoint.pt"), ("head", "../../head.pt"), ("checkpoint", "")])
+def test_model_json_naming_a_file_outside_its_folder_is_refused(model_dir, tmp_path, key, name):
+    """A model folder can arrive from a lab's DVC remote: its model.json must not make a stage read a
+    file elsewhere on the machine (nor a stray copy beside the folder)."""
+    from pipeline.core.models import model_dir_spec
+
+    (tmp_path / "elsewhere.pt").write_bytes((model_dir / "checkpoint.pt").read_bytes())
+    meta = json.loads((model_dir / "model.json").read_text())
+    (model_dir / "model.json").write_text(json.dumps({**meta, "head": "head.pt", key: name}))
+    expected = (f"{model_dir / 'model.json'}: {key} {name!r} is not a file name inside the model folder; "
+                f'expected e.g. "{key}.pt" beside model.json')
+    for loader in ((read_state_dict, model_dir_spec) if key == "checkpoint" else (read_head,)):
+        with pytest.raises(ValueError) as err:
+            loader(model_dir)
+        assert str(err.value) == expected

@@ -303,7 +303,7 @@ def read_head(model_dir: str | os.PathLike) -> dict | None:
     meta = read_model_json(model_dir)
     if "head" not in meta:
         return None
-    head = load_tensors(Path(model_dir) / meta["head"])
+    head = load_tensors(model_file(model_dir, meta, "head"))
     if set(head) != {"weight", "init", "classnames"} or head["weight"].shape != head["init"].shape \
             or head["weight"].shape[0] != len(head["classnames"]):
         raise ValueError(f"{model_dir}/{meta['head']}: expected weight and init (C x D) and C classnames")
@@ -312,7 +312,7 @@ def read_head(model_dir: str | os.PathLike) -> dict | None:
 
 def read_state_dict(model_dir: str | os.PathLike) -> dict[str, torch.Tensor]:
     meta = read_model_json(model_dir)
-    ckpt = load_tensors(Path(model_dir) / meta["checkpoint"])
+    ckpt = load_tensors(model_file(model_dir, meta, "checkpoint"))
     return ckpt["state_dict"] if "state_dict" in ckpt else ckpt
 
 
@@ -338,6 +338,17 @@ def load_tensors(path: str | os.PathLike):
         raise ValueError(f"{path}: not a readable torch checkpoint ({str(e).splitlines()[0][:160]})") from None
 
 
+def model_file(model_dir: str | os.PathLike, meta: dict, key: str) -> Path:
+    """The file model.json names under `key`, which must be a file name inside the model folder: a
+    folder shared through a DVC remote must not make a stage read a file elsewhere on the machine."""
+    name = meta.get(key)
+    if not isinstance(name, str) or not name or Path(name).is_absolute() or ".." in Path(name).parts \
+            or os.sep in name or (os.altsep and os.altsep in name):
+        raise ValueError(f"{Path(model_dir) / 'model.json'}: {key} {name!r} is not a file name inside the model "
+                         f"folder; expected e.g. \"{key}.pt\" beside model.json")
+    return Path(model_dir) / name
+
+
 def read_model_json(model_dir: str | os.PathLike) -> dict:
     """A model folder's model.json (see `write_model_dir`)."""
     return read_json(Path(model_dir) / "model.json", "a model folder with model.json and checkpoint.pt", ModelNotAvailable)
@@ -347,4 +358,4 @@ def model_dir_spec(model_dir: str | os.PathLike) -> str:
     """The spec string of a model folder written by `write_model_dir`."""
     model_dir = Path(model_dir)
     meta = read_model_json(model_dir)
-    return f"{meta['name']}:{(model_dir / meta['checkpoint']).resolve()}"
+    return f"{meta['name']}:{model_file(model_dir, meta, 'checkpoint').resolve()}"

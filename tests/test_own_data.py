@@ -112,6 +112,7 @@ def test_readme_own_data_example_runs_as_written(tmp_path, monkeypatch, capsys):
 
     shortfall = (f"build_data.local.heldout_pairs: 500 asked, {PER_SHARD} held out: the last corpus shard "
                  "(00002.tar), where they come from, holds no more")
+    no_val = "build_data.local.val_fraction 0.1: 2 of 3 classes have no val image (barn owl, red fox)"
     counts = json.loads((bench / "build_data.json").read_text())
     assert {k: v for k, v in counts.items() if k != "seconds"} == {
         "source": "local",
@@ -119,9 +120,9 @@ def test_readme_own_data_example_runs_as_written(tmp_path, monkeypatch, capsys):
         "corpus_heldout": PER_SHARD,
         "benchmark": {"finetune": 29, "val": 1, "id_test": 6, "shift_sketch": 6},
         "skipped": 0,
-        "warnings": [shortfall],
+        "warnings": [shortfall, no_val],  # 10 images a class at 10%: one val image in all
     }
-    assert out.startswith("[build_data] ") and json.dumps([shortfall]) in out
+    assert out.startswith("[build_data] ") and json.dumps([shortfall, no_val]) in out
 
 
 def small_set(tmp_path: Path, per_class: int = 6, corpus: bool = True, **kw) -> LocalDataParams:
@@ -131,6 +132,27 @@ def small_set(tmp_path: Path, per_class: int = 6, corpus: bool = True, **kw) -> 
     entries = {"root": str(tmp_path / "mine"), "finetune": {"layout": "folder", "path": "train"},
                "corpus": "cc3m" if corpus else None, "heldout_pairs": 3}
     return LocalDataParams(**{**entries, **kw})
+
+
+def test_a_class_left_without_val_or_train_images_is_reported(tmp_path, caplog):
+    """A class whose images all fall on one side of the val split is named, not passed over."""
+    params = small_set(tmp_path, per_class=1, val_fraction=0.5)  # one image a class: each lands on one side
+    counts = import_local_data(tmp_path / "data", params)
+    no_val = [w for w in counts["warnings"] if "no val image" in w]
+    no_train = [w for w in counts["warnings"] if "no train image" in w]
+    assert counts["benchmark"]["finetune"] + counts["benchmark"]["val"] == 3
+    n_val, n_train = counts["benchmark"]["val"], counts["benchmark"]["finetune"]
+    assert no_val == [f"build_data.local.val_fraction 0.5: {3 - n_val} of 3 classes have no val image "
+                      f"({', '.join(c.replace('_', ' ') for c in CLASSES if _side(tmp_path, c) == 'train')})"]
+    assert no_train == [f"build_data.local.val_fraction 0.5: {3 - n_train} of 3 classes have no train image "
+                        f"({', '.join(c.replace('_', ' ') for c in CLASSES if _side(tmp_path, c) == 'val')})"]
+    assert [r.getMessage() for r in caplog.records if "classes have no" in r.getMessage()] == no_train + no_val
+
+
+def _side(tmp_path: Path, cls: str) -> str:
+    """Which side of the split the one image of a class landed on, read from the written shards."""
+    val = {json.loads(s["json"])["classname"] for s in iter_samples(tmp_path / "data/benchmark/val")}
+    return "val" if cls.replace("_", " ") in val else "train"
 
 
 def test_empty_val_split_names_val_fraction_and_the_counts(tmp_path):

@@ -104,6 +104,13 @@ def _samples(ls: LabelledSet, max_per_class: int | None, skips: SkipCounter, kee
         yield sample
 
 
+def _counted(samples, labels: Counter):
+    """The samples, counting each one's label into `labels` as it goes by."""
+    for sample in samples:
+        labels[int(sample["cls"])] += 1
+        yield sample
+
+
 def corpus_shards(folder: Path) -> dict[str, int]:
     """Absolute shard path -> sample count of an img2dataset output folder (from its _stats.json
     files where present, else by reading the tar's member names)."""
@@ -183,14 +190,22 @@ def import_local_data(out_root: Path, params: LocalDataParams) -> dict:
                             f"the last corpus shard ({Path(list(shards)[-1]).name}), where they come from, holds no more")
     with atomic_dir(out_root / "benchmark") as tmp:
         frac, seed = params.val_fraction, params.seed
-        info = write_shards(tmp / "finetune", _samples(finetune, params.max_per_class, skips,
-                                                       lambda k: not in_val_split(k, frac, seed)), params.max_per_shard)
-        val = write_shards(tmp / "val", _samples(finetune, params.max_per_class, skips,
-                                                 lambda k: in_val_split(k, frac, seed)), params.max_per_shard)
+        per_class = {"train": Counter(), "val": Counter()}
+        info = write_shards(tmp / "finetune", _counted(_samples(finetune, params.max_per_class, skips, lambda k: not
+                                                                in_val_split(k, frac, seed)), per_class["train"]),
+                            params.max_per_shard)
+        val = write_shards(tmp / "val", _counted(_samples(finetune, params.max_per_class, skips,
+                                                          lambda k: in_val_split(k, frac, seed)), per_class["val"]),
+                           params.max_per_shard)
         counts["benchmark"] = {"finetune": info.num_samples, "val": val.num_samples}
         if info.num_samples == 0 or val.num_samples == 0:
             raise LayoutError(f"{finetune.root}: the finetune set gave {info.num_samples} train and {val.num_samples} "
                               f"val samples with build_data.local.val_fraction {frac}; change it so both are non-empty")
+        for split, labels in per_class.items():
+            absent = [c for i, c in enumerate(finetune.classnames) if not labels[i]]
+            if absent:
+                warnings.append(f"build_data.local.val_fraction {frac}: {len(absent)} of {len(finetune.classnames)} "
+                                f"classes have no {split} image ({', '.join(absent[:5])}{', ...' if len(absent) > 5 else ''})")
         for name, es in evals.items():
             sizes = write_clip_benchmark_set(tmp / "eval" / name, _samples(es, params.max_per_class, skips),
                                              es.classnames, es.templates or templates, params.max_per_shard)

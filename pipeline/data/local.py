@@ -18,10 +18,11 @@ from __future__ import annotations
 import json
 import logging
 import os
+import tarfile
 import time
 from collections import Counter
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import webdataset as wds
@@ -62,6 +63,9 @@ class LocalDataParams:
     max_per_class: int | None = field(default=None, metadata={"min": 1})
     seed: int = 0
     max_per_shard: int = field(default=1000, metadata={"gt": 0})
+    # A corpus shard member (one image, caption or record) over this many MB is refused: members are
+    # read whole into memory (img2dataset's are 10-500 KB).
+    max_member_mb: int = field(default=64, metadata={"gt": 0})
 
     def check(self, where: str) -> None:
         for name in self.eval:
@@ -111,9 +115,41 @@ def _counted(samples, labels: Counter):
         yield sample
 
 
-def corpus_shards(folder: Path) -> dict[str, int]:
+_COMPRESSED = {b"\x1f\x8b": "gzip", b"BZh": "bzip2", b"\xfd7zXZ\x00": "xz", b"\x28\xb5\x2f\xfd": "zstd"}
+
+
+def check_corpus_tar(tar: Path, max_member_bytes: int) -> None:
+    """A corpus shard is a plain tar of files of bounded size, as img2dataset writes them. Refused with
+    one line naming the shard and member: a compressed tar (a small file that decompresses to GBs in
+    memory), links, devices and other non-files, names that climb out of the shard, oversized members.
+    Only the headers are read."""
+    with tar.open("rb") as f:
+        head = f.read(6)
+    for magic, kind in _COMPRESSED.items():
+        if head.startswith(magic):
+            raise LayoutError(f"{tar}: {kind}-compressed; build_data.local.corpus expects plain .tar shards "
+                              f"(img2dataset's); decompress it")
+    try:
+        with tarfile.open(tar, "r:") as members:
+            for m in members:
+                if m.isdir():
+                    continue
+                if not m.isfile():
+                    raise LayoutError(f"{tar}: member {m.name!r} is not a file (a link or device); a corpus shard "
+                                      f"holds image and text files only")
+                if m.name.startswith("/") or ".." in PurePosixPath(m.name).parts:
+                    raise LayoutError(f"{tar}: member {m.name!r} names a path outside the shard")
+                if m.size > max_member_bytes:
+                    raise LayoutError(f"{tar}: member {m.name!r} is {m.size / 2 ** 20:.0f} MB, over "
+                                      f"build_data.local.max_member_mb ({max_member_bytes // 2 ** 20})")
+    except tarfile.TarError as e:
+        raise LayoutError(f"{tar}: unreadable shard ({e})") from None
+
+
+def corpus_shards(folder: Path, max_member_mb: int = 64) -> dict[str, int]:
     """Absolute shard path -> sample count of an img2dataset output folder (from its _stats.json
-    files where present, else by reading the tar's member names)."""
+    files where present, else by reading the tar's member names); every shard is checked first
+    (`check_corpus_tar`)."""
     tars = sorted(folder.glob("*.tar"))
     if not tars:
         raise LayoutError(f"{folder}: no .tar shards; expected an img2dataset output folder ({{00000..}}.tar with .jpg and .txt)")
@@ -123,6 +159,7 @@ def corpus_shards(folder: Path) -> dict[str, int]:
 
     sizes = {}
     for tar in tars:
+        check_corpus_tar(tar, max_member_mb * 2 ** 20)
         stats = tar.with_name(f"{tar.stem}_stats.json")
         if stats.is_file():
             sizes[str(tar.resolve())] = int(json.loads(stats.read_text())["successes"])
@@ -160,7 +197,7 @@ def import_local_data(out_root: Path, params: LocalDataParams) -> dict:
         corpus_dir = corpus_dir if corpus_dir.is_absolute() or root is None else root / corpus_dir
         if not corpus_dir.is_dir():
             raise LayoutError(f"{corpus_dir}: not found; build_data.local.corpus expects an img2dataset output folder ({{00000..}}.tar)")
-        shards = corpus_shards(corpus_dir)
+        shards = corpus_shards(corpus_dir, params.max_member_mb)
         if params.heldout_pairs and len(shards) < 2:
             raise LayoutError(f"{corpus_dir}: one shard; held-out pairs come from the last shard, so the corpus needs "
                               f"two or more (or set build_data.local.heldout_pairs: 0)")

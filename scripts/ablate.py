@@ -41,6 +41,12 @@ def dvc(*args: str) -> str:
     return proc.stdout
 
 
+def write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
 def settings(only: list[str] | None) -> list[tuple[str, list[str]]]:
     """(experiment name, -S overrides) for the baseline and every setting."""
     out = [(f"{PREFIX}-default", [])]
@@ -112,9 +118,7 @@ def main() -> None:
     if not args.table_only:
         queue_and_run(runs, [int(s) for s in args.seeds.split(",")])
     text = table(runs, experiments())
-    tmp = args.out.with_suffix(".md.tmp")
-    tmp.write_text(text)
-    tmp.replace(args.out)
+    write_atomic(args.out, text)
     print(text)
 
 

@@ -215,6 +215,25 @@ def test_tuxpaint_can_stay_in_the_corpus(assets, tmp_path):
     assert "zeroshot_tuxpaint" not in counts["benchmark"]
 
 
+def test_corpus_styles_leave_a_style_out_of_corpus_and_heldout_only(built, assets, tmp_path):
+    """The style-held-out control: no corpus or held-out pair in the left-out style, the other styles'
+    pairs as before, and the benchmark byte-identical (the control changes the corpus only)."""
+    root, _ = built
+    styles = ["google", "openmoji_color", "openmoji_black"]
+    counts = build_default_data(tmp_path, DataParams(**PARAMS, corpus_styles=styles), assets)
+    style_of = lambda folder: {k: json.loads(s["json"])["style"] for k, s in read_folder(folder).items()}  # noqa: E731
+    full = {**style_of(root / "corpus"), **style_of(root / "corpus_heldout")}
+    held_out = {**style_of(tmp_path / "corpus"), **style_of(tmp_path / "corpus_heldout")}
+    assert "twitter" in full.values() and "twitter" not in held_out.values()
+    assert set(held_out) == {k for k, style in full.items() if style != "twitter"}
+    assert "twitter" not in counts["corpus"]["by_style"] and counts["corpus"]["by_style"]["google"] > 0
+    assert bench_sets(tmp_path) == bench_sets(root)
+    assert "Emoji styles in the corpus (`corpus_styles`): google, openmoji_color, openmoji_black" in \
+        (tmp_path / "benchmark" / "card.md").read_text()
+    with pytest.raises(ParamsError, match=r"data.corpus_styles: expected distinct styles of google, "):
+        parse_section(DataParams, {"corpus_styles": ["google", "tweeter"]}, "params.yaml: data")
+
+
 def test_corpus_samples_and_shared_emoji_captions(built):
     root, _ = built
     corpus = {**read_folder(root / "corpus"), **read_folder(root / "corpus_heldout")}

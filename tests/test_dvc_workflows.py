@@ -58,12 +58,15 @@ def stages_run(output: str) -> set[str]:
     return {line.split("'")[1] for line in output.splitlines() if line.startswith("Running stage")}
 
 
+COPIED = ("dvc.yaml", ".dvcignore", "scripts/ablate.py", "scripts/controls.py")
+
+
 @pytest.fixture(scope="module")
 def project(tmp_path_factory):
     root = tmp_path_factory.mktemp("project")
     tracked = subprocess.run(["git", "ls-files"], cwd=REPO, capture_output=True, text=True, check=True).stdout.split()
     for rel in tracked:
-        if rel.startswith(("pipeline/", "stages/", ".dvc/")) or rel in ("dvc.yaml", ".dvcignore", "scripts/ablate.py"):
+        if rel.startswith(("pipeline/", "stages/", ".dvc/")) or rel in COPIED:
             (root / rel).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(REPO / rel, root / rel)
     params = yaml.safe_load((REPO / "params.yaml").read_text())
@@ -156,6 +159,14 @@ def test_ablation_script_queues_experiments_and_writes_the_table(project, tmp_pa
     assert rows[0].split(" | ")[1] == f"{full['methods']['arf']['id_val']['mean']:.1f}"  # the defaults are the main run
     # the workspace still holds the committed params: experiments ran from the queue, not in place
     assert yaml.safe_load((work / "params.yaml").read_text())["caption"]["backend"] == "nn"
+    # scripts/controls.py reads each experiment's own summary from its commit (the same queue machinery)
+    read = run([sys.executable, "-c", "import json, sys; sys.path.insert(0, 'scripts'); import controls; "
+                "print(json.dumps({n: controls.summary_of(r)['methods']['arf']['id_val']['mean'] "
+                "for n, r in controls.experiment_revs().items()}))"], work, env)
+    id_vals = json.loads(read.stdout)
+    assert set(id_vals) == {"abl-default", "abl-captioner-classname"}
+    assert [f"{v:.1f}" for v in (id_vals["abl-default"], id_vals["abl-captioner-classname"])] == \
+        [r.split(" | ")[1] for r in rows]
 
 
 def test_remote_push_then_pull_in_a_fresh_clone_restores_anchor_shards(project, tmp_path):

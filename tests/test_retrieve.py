@@ -369,9 +369,23 @@ def test_retrieve_corpus_exhausted_and_excluded(built, prompts):
 
     top = retrieve_anchors(built["index"], prompts, 3, dedup=False)
     excluded = {top[0]["key"], top[1]["key"]}
-    records = retrieve_anchors(built["index"], prompts, 3, dedup=False, exclude_keys=excluded)
+    records = retrieve_anchors(built["index"], prompts, 3, dedup=False, exclude={"image_path": excluded})
     assert not excluded & {r["key"] for r in records}
     assert all(stats["count"] == 3 for stats in anchor_stats(records).values())
+
+
+def test_exclude_by_metadata_column_drops_every_pair_of_that_value(built, prompts):
+    """retrieve.exclude {style: [...]}: the style-held-out control retrieves no pair in that style and
+    still fills k from the rest; a column the metadata lacks is named with the columns it has."""
+    meta = load_metadata(built["emb"])
+    style = meta["style"].value_counts().index[0]  # the commonest, so it would be retrieved
+    before = retrieve_anchors(built["index"], prompts, 2, dedup=False)
+    assert style in set(meta.set_index("image_path").loc[[r["key"] for r in before], "style"])
+    records = retrieve_anchors(built["index"], prompts, 2, dedup=False, exclude={"style": [style]})
+    kept = meta.set_index("image_path").loc[[r["key"] for r in records], "style"]
+    assert style not in set(kept) and len(records) == 2 * 4
+    with pytest.raises(ValueError, match=r"retrieve.exclude: .*no column 'styles' \(it has: image_path, caption"):
+        retrieve_anchors(built["index"], prompts, 2, exclude={"styles": [style]})
 
 
 def test_write_anchors_jsonl(built, prompts):

@@ -129,12 +129,20 @@ class DataParams:
     # finetuning on emoji helped them (first default run: FLYP raised every OOD number); the paper's
     # zero-shot axis is *other datasets*, which this set stands in for. false: stamps join the corpus.
     tuxpaint_zeroshot: bool = True
+    # Emoji styles whose corpus-half images join the corpus (and its held-out slice). A style left
+    # out is one the base is never aligned on and ARF never retrieves an anchor in: the control for
+    # whether a shift gain needs the shift style in the corpus. Captions and clip art are unchanged.
+    corpus_styles: list[str] = field(default_factory=lambda: list(STYLES))
     # Decoding processes; 0 = one per CPU core. Does not change the output.
     workers: int = field(default=0, metadata={"min": 0})
 
     def check(self, where: str) -> None:
         if self.source == "local":
             return
+        unknown = [s for s in self.corpus_styles if s not in STYLES]
+        if unknown or len(set(self.corpus_styles)) != len(self.corpus_styles):
+            raise ParamsError(f"{where}.corpus_styles: expected distinct styles of {', '.join(STYLES)}, "
+                              f"got {self.corpus_styles}")
         if self.val_fraction + self.test_fraction >= 0.9:
             raise ParamsError(f"{where}.test_fraction: val_fraction + test_fraction must be < 0.9")
         if self.min_class_size * (1 - self.val_fraction - self.test_fraction) < 1:
@@ -461,6 +469,8 @@ def _card(counts: dict, split: _Split, params: DataParams, per_class: dict[str, 
         "counters and Italian / French words removed or translated); Tux Paint `folders: first line",
         "of the stamp's .txt`. Held-out pairs are whole caption groups: no held-out caption trains.",
         f"Skipped files: {json.dumps(counts['skipped'], sort_keys=True)}.",
+        *([f"Emoji styles in the corpus (`corpus_styles`): {', '.join(params.corpus_styles)}; the others are "
+           "in no corpus or held-out pair."] if set(params.corpus_styles) != set(STYLES) else []),
         "",
         "## Sources and licences",
         "",
@@ -513,7 +523,7 @@ def build_default_data(out_root: Path, params: DataParams, assets: AssetPaths | 
 
     samples: list[dict] = []
     for e in sorted(split.corpus_half, key=lambda e: e.code):
-        for style in STYLES:
+        for style in (s for s in STYLES if s in params.corpus_styles):  # canonical order, whatever the list's
             samples.append(
                 _corpus_sample(f"emoji-{e.code}-{style}", emoji_png[(e.code, style)], e.caption, SOURCE[style][0], style, e.code)
             )

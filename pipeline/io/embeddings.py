@@ -73,6 +73,13 @@ def metadata_row_counts(folder: str | os.PathLike) -> list[int]:
     return [pq.ParquetFile(f).metadata.num_rows for f in _metadata_files(folder)]
 
 
+def metadata_columns(folder: str | os.PathLike) -> list[str]:
+    files = _metadata_files(folder)
+    import pyarrow.parquet as pq
+
+    return pq.ParquetFile(files[0]).schema_arrow.names if files else []
+
+
 def iter_metadata_column(folder: str | os.PathLike, column: str) -> Iterator[np.ndarray]:
     """One column, partition by partition (a million rows at most each, as clip-retrieval writes them)."""
     import pyarrow.parquet as pq

@@ -30,6 +30,7 @@ from pipeline.io.embeddings import (
     count_vectors,
     iter_metadata_column,
     load_prompts,
+    metadata_columns,
     metadata_row_counts,
     metadata_rows,
 )
@@ -55,6 +56,10 @@ class RetrieveParams:
     flat_below: int = field(default=100_000, metadata={"min": 0})
     max_index_memory_usage: str = "4G"
     current_memory_available: str = "16G"
+    # Corpus pairs never retrieved, by metadata column: {column: [values]}. The metadata holds each
+    # pair's json fields (the default corpus: `style`, `source`, `emoji`). {style: [twitter]} leaves
+    # the base aligned on Twitter emoji but retrieves no anchor in that style (issue 15's control).
+    exclude: dict[str, list[str]] = field(default_factory=dict)
 
     def check(self, where: str) -> None:
         for name in ("max_index_memory_usage", "current_memory_available"):
@@ -170,20 +175,35 @@ def _assign(scores: np.ndarray, ids: np.ndarray, k: int, dedup: bool, excluded: 
     return kept
 
 
+def excluded_rows(index_dir: Path, n_rows: int, exclude: dict[str, Iterable[str]]) -> np.ndarray:
+    """Mask of the metadata rows whose `column` holds one of `exclude[column]`, for every column given."""
+    excluded = np.zeros(n_rows, dtype=bool)
+    columns = metadata_columns(index_dir) if exclude else []
+    for column, values in exclude.items():
+        if column not in columns:
+            raise ValueError(f"retrieve.exclude: {index_dir}/metadata has no column {column!r} (it has: "
+                             f"{', '.join(columns)})")
+        unwanted, start = np.array(sorted({str(v) for v in values}), dtype=object), 0
+        for part in iter_metadata_column(index_dir, column):
+            excluded[start:start + len(part)] |= np.isin(part.astype(str).astype(object), unwanted)
+            start += len(part)
+    return excluded
+
+
 def retrieve_anchors(
     index_dir: str | os.PathLike,
     prompts_npz: str | os.PathLike,
     k_per_class: int,
     target: str = "image",
     dedup: bool = True,
-    exclude_keys: Iterable[str] = (),
+    exclude: dict[str, Iterable[str]] | None = None,
 ) -> list[dict]:
     """Top `k_per_class` corpus pairs per class by prompt-embedding similarity; records sorted by class, rank.
 
     `target="image"` searches the corpus image index, `"text"` the caption index. With `dedup`, a pair
     found for several classes is kept once, under the class where it scores highest, and the other
-    classes take their next candidates, so each class keeps k as far as the corpus allows. Samples whose
-    key is in `exclude_keys` are never returned. Records: key, caption, class, score (inner product =
+    classes take their next candidates, so each class keeps k as far as the corpus allows. A sample whose
+    metadata column holds one of `exclude[column]` (`image_path` is the key) is never returned. Records: key, caption, class, score (inner product =
     cosine), rank (1 = best within the class).
     """
     import faiss
@@ -201,12 +221,7 @@ def retrieve_anchors(
     if queries.shape[1] != index.d:
         raise ValueError(f"{prompts_npz}: embedding dim {queries.shape[1]} != index dim {index.d} "
                          "(prompts and corpus embedded with different models?)")
-    excluded = np.zeros(n_meta, dtype=bool)
-    if exclude_keys:
-        unwanted, start = np.array(sorted(set(exclude_keys)), dtype=object), 0
-        for keys in iter_metadata_column(index_dir, "image_path"):
-            excluded[start:start + len(keys)] = np.isin(keys.astype(str).astype(object), unwanted)
-            start += len(keys)
+    excluded = excluded_rows(index_dir, n_meta, exclude or {})
     n_avail = int((~excluded).sum())
     # Search deep enough that every class can still fill k after losing rows to other classes and to the
     # exclusion list; deepen and redo while a class came up short and has unseen candidates.
@@ -258,10 +273,13 @@ def command(emb: Path = typer.Option(..., help="clip-retrieval embeddings folder
     index_report = build_index(emb, index, index_key=p.index_key, flat_below=p.flat_below,
                                max_index_memory_usage=p.max_index_memory_usage,
                                current_memory_available=p.current_memory_available)
-    records = retrieve_anchors(index, prompts, p.k_per_class, target=p.target, dedup=p.dedup)
+    records = retrieve_anchors(index, prompts, p.k_per_class, target=p.target, dedup=p.dedup, exclude=p.exclude)
     write_anchors(records, out / "anchors.jsonl")
     stats = anchor_stats(records, classnames)
     write_json(out / "stats.json", {"k_per_class": p.k_per_class, "target": p.target, "dedup": p.dedup,
+                                    **({"exclude": p.exclude, "excluded_pairs": int(excluded_rows(
+                                        index, index_report["image"]["vectors"], p.exclude).sum())}
+                                       if p.exclude else {}),
                                     "anchors": len(records), "classes": stats})
     typer.echo(format_anchor_report(stats, p.k_per_class))
     cmd.report("retrieve", t, {"anchors": len(records), **{f"{k}_index": f"{r['index_key']} ({r['chosen_by']})"

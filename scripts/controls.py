@@ -1,0 +1,156 @@
+"""Does ARF's shift gain need the shift style in the corpus? Style-held-out controls as DVC experiments.
+
+    python scripts/controls.py                    # queue, run, write results/controls/
+    python scripts/controls.py --seeds 0,1,2      # more training seeds per experiment
+    python scripts/controls.py --table-only       # (re)write the tables from experiments already run
+    dvc exp remove $(dvc exp ls --name-only | grep ^ctl-)   # before re-running: names are reused
+
+The default corpus holds the corpus-half emoji in all four styles, so ARF's retrieved anchors include
+images in the very styles the shift sets score. For each shift style s, two experiments, each one
+change against the committed params.yaml (queued with `dvc exp run --queue -S ...`):
+
+  anchors-without-s  `retrieve.exclude={style: [s]}`: the base is aligned on the full corpus as in the
+                     main runs, but no anchor is in style s (the paper's situation: the anchor corpus
+                     need not contain the shift domain). ARF only: FT and FLYP read no anchors, so
+                     their runs are the reference experiment's.
+  corpus-without-s   `build_data.corpus_styles` without s: neither the base's alignment, nor the
+                     anchors, nor the held-out retention slice holds an image in style s. The base,
+                     FT, FLYP and ARF.
+
+and a reference experiment on the full corpus. Every experiment scores WiSE-FT alpha = 1 only (the
+finetuned models; ID val chose alpha = 1 for FLYP and ARF in the 3-seed table) with the seeds given.
+The tables: per style s, the shift accuracy on s (seen classes in style s) and the zero-shot accuracy
+on s (unseen classes in style s), mean +- sample std over seeds, and ARF - FLYP on both.
+Each experiment's numbers are read from its own commit (`results/summary_full.json`).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+from ablate import dvc, write_atomic
+
+STYLES = ("google", "twitter", "openmoji_color", "openmoji_black")
+SHIFT_STYLES = ("twitter", "openmoji_color", "openmoji_black")
+PREFIX = "ctl"
+ALL_METHODS = ("ft", "flyp", "arf")
+
+
+def settings(styles: list[str]) -> list[tuple[str, list[str], tuple[str, ...]]]:
+    """(experiment name, -S overrides, methods trained) for the reference and each control."""
+    out = [(f"{PREFIX}-reference", [], ALL_METHODS)]
+    for s in styles:
+        kept = ",".join(x for x in STYLES if x != s)
+        out.append((f"{PREFIX}-anchors-without-{s}", [f"+retrieve.exclude.style=[{s}]"], ("arf",)))
+        out.append((f"{PREFIX}-corpus-without-{s}", [f"build_data.corpus_styles=[{kept}]"], ALL_METHODS))
+    return out
+
+
+def queue_and_run(runs, seeds: list[int]) -> None:
+    common = [f"report.seeds=[{','.join(map(str, seeds))}]", "evaluate.wise_alphas=[1.0]"]
+    for name, overrides, methods in runs:
+        args = ["exp", "run", "--queue", "-n", name]
+        for o in common + [f"report.methods=[{','.join(methods)}]"] + overrides:
+            args += ["-S", o]
+        dvc(*args)
+        print(f"queued {name}: {' '.join(overrides) or '(reference)'}")
+    dvc("exp", "run", "--run-all", "--jobs", "1")
+
+
+def experiment_revs() -> dict[str, str]:
+    """Experiment name -> its commit, from `dvc exp show`."""
+    found: dict[str, str] = {}
+
+    def walk(node):
+        if isinstance(node, dict):
+            if node.get("name") and node.get("rev") and isinstance(node.get("data"), dict):
+                found[node["name"]] = node["rev"]
+            for v in node.values():
+                walk(v)
+        elif isinstance(node, list):
+            for v in node:
+                walk(v)
+
+    walk(json.loads(dvc("exp", "show", "--json", "--all-commits")))
+    return found
+
+
+def summary_of(rev: str) -> dict:
+    shown = subprocess.run(["git", "show", f"{rev}:results/summary_full.json"], capture_output=True, text=True)
+    if shown.returncode != 0:
+        sys.exit(f"error: {rev}: no results/summary_full.json ({shown.stderr.strip()})")
+    return json.loads(shown.stdout)
+
+
+def cell(summary: dict, method: str, metric: str) -> dict | None:
+    m = summary["methods"].get(method)
+    return None if m is None or metric not in m else m[metric]
+
+
+def fmt(c: dict | None) -> str:
+    return "–" if c is None else f"{c['mean']:.1f} ± {c['std']:.1f}"
+
+
+def gap(a: dict | None, b: dict | None) -> str:
+    return "–" if a is None or b is None else f"{a['mean'] - b['mean']:+.1f}"
+
+
+def tables(styles: list[str], summaries: dict[str, dict]) -> tuple[str, dict]:
+    ref = summaries.get(f"{PREFIX}-reference")
+    lines, record, missing = [], {}, []
+    seeds = next(iter(summaries.values()))["seeds"] if summaries else []
+    for s in styles:
+        metrics = (f"shift/{s}", f"zeroshot/{s}", "id", "i2t_r1")
+        lines += [f"### Style held out: {s}", "",
+                  f"| setting | method | shift {s} | zero-shot {s} | ID | corpus i2t R@1 |", "|---|---|---|---|---|---|"]
+        for label, name in (("full corpus (reference)", "reference"), (f"anchors without {s}", f"anchors-without-{s}"),
+                            (f"corpus without {s} (base too)", f"corpus-without-{s}")):
+            own = summaries.get(f"{PREFIX}-{name}")
+            if own is None or ref is None:
+                missing.append(f"{PREFIX}-{name}")
+                continue
+            cells = {}
+            for method in ("zeroshot",) + ALL_METHODS:
+                # anchors-without trains ARF alone: its base, FT and FLYP are the reference's runs
+                source = own if cell(own, method, "id") is not None else ref
+                cells[method] = [cell(source, method, k) for k in metrics]
+                shown = method + (" (reference run)" if source is not own else "")
+                lines.append(f"| {label} | {shown} | " + " | ".join(fmt(x) for x in cells[method]) + " |")
+                record.setdefault(s, {}).setdefault(label, {})[method] = {
+                    **dict(zip(("shift", "zeroshot", "id", "i2t_r1"), cells[method])), "reference_run": source is not own}
+            lines.append(f"| {label} | **ARF - FLYP** | " + " | ".join(
+                gap(a, b) for a, b in zip(cells["arf"][:3], cells["flyp"][:3])) + " | |")
+        lines.append("")
+    head = (f"Style-held-out controls (`python scripts/controls.py`): top-1 accuracy (%) at WiSE-FT alpha = 1, "
+            f"mean ± sample std over seeds {seeds}. zeroshot = the base model. shift s: the seen classes' test "
+            "emoji in style s; zero-shot s: the unseen classes in style s. corpus R@1: the held-out corpus "
+            "slice, which follows the corpus restriction in the corpus-without rows.\n\n")
+    note = f"\nNot run yet: {', '.join(sorted(set(missing)))}.\n" if missing else ""
+    return head + "\n".join(lines) + note, {"seeds": seeds, "styles": record}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--seeds", default="0", help="comma-separated training seeds per experiment")
+    ap.add_argument("--styles", nargs="*", default=list(SHIFT_STYLES), choices=SHIFT_STYLES)
+    ap.add_argument("--table-only", action="store_true")
+    ap.add_argument("--out", type=Path, default=Path("results/controls"))
+    args = ap.parse_args()
+    runs = settings(args.styles)
+    if not args.table_only:
+        queue_and_run(runs, [int(s) for s in args.seeds.split(",")])
+    revs = experiment_revs()
+    summaries = {name: summary_of(revs[name]) for name, _, _ in runs if name in revs}
+    text, record = tables(args.styles, summaries)
+    args.out.mkdir(parents=True, exist_ok=True)
+    write_atomic(args.out / "controls.md", text)
+    write_atomic(args.out / "controls.json", json.dumps(record, indent=1) + "\n")
+    print(text)
+
+
+if __name__ == "__main__":
+    main()

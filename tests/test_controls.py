@@ -1,0 +1,81 @@
+"""scripts/controls.py (issue 15's style-held-out controls): its overrides are valid DVC `-S` values that
+pass the params check and change only what each control says; its tables read each experiment's numbers
+and take FT and FLYP from the reference where a control trains ARF alone."""
+from __future__ import annotations
+
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "scripts"))
+
+import controls  # noqa: E402
+
+from pipeline.stages import load_params  # noqa: E402  (every stage's params section registered)
+
+
+def test_each_control_is_one_valid_override_of_params_yaml(tmp_path):
+    from dvc.utils.hydra import apply_overrides
+
+    runs = controls.settings(["twitter"])
+    assert [name for name, _, _ in runs] == ["ctl-reference", "ctl-anchors-without-twitter", "ctl-corpus-without-twitter"]
+    base = load_params(ROOT / "params.yaml")
+    for name, overrides, methods in runs:
+        path = tmp_path / f"{name}.yaml"
+        shutil.copy(ROOT / "params.yaml", path)
+        apply_overrides(str(path), overrides + [f"report.methods=[{','.join(methods)}]"])
+        p = load_params(path)
+        changed = {s for s in base if s != "report" and base[s] != p[s]}
+        if name.startswith("ctl-anchors"):
+            assert changed == {"retrieve"} and p["retrieve"].exclude == {"style": ["twitter"]} and methods == ("arf",)
+        elif name.startswith("ctl-corpus"):
+            assert changed == {"build_data"}
+            assert p["build_data"].corpus_styles == ["google", "openmoji_color", "openmoji_black"]
+        else:
+            assert changed == set()
+
+
+def _summary(seeds, **methods):
+    """A summary_full.json with per-method {metric: mean} (std 0.5)."""
+    return {"seeds": seeds, "methods": {m: {k: {"mean": v, "std": 0.5} for k, v in metrics.items()}
+                                        for m, metrics in methods.items()}}
+
+
+def _row(shift, zs, id_=50.0, r1=30.0):
+    return {"shift/twitter": shift, "zeroshot/twitter": zs, "id": id_, "i2t_r1": r1}
+
+
+def test_tables_take_ft_and_flyp_from_the_reference_where_only_arf_trained():
+    summaries = {
+        "ctl-reference": _summary([0], zeroshot=_row(30, 40), ft=_row(45, 41), flyp=_row(40, 38), arf=_row(52, 45)),
+        "ctl-anchors-without-twitter": _summary([0], zeroshot=_row(30, 40), arf=_row(44, 43)),
+        "ctl-corpus-without-twitter": _summary([0], zeroshot=_row(20, 25), ft=_row(35, 30), flyp=_row(33, 28),
+                                               arf=_row(36, 31)),
+    }
+    text, record = controls.tables(["twitter"], summaries)
+    rows = [line for line in text.splitlines() if line.startswith("| ") and "setting" not in line]
+    gaps = [line for line in rows if "ARF - FLYP" in line]
+    assert gaps == ["| full corpus (reference) | **ARF - FLYP** | +12.0 | +7.0 | +0.0 | |",
+                    "| anchors without twitter | **ARF - FLYP** | +4.0 | +5.0 | +0.0 | |",
+                    "| corpus without twitter (base too) | **ARF - FLYP** | +3.0 | +3.0 | +0.0 | |"]
+    assert "| anchors without twitter | flyp (reference run) | 40.0 ± 0.5 | 38.0 ± 0.5 | 50.0 ± 0.5 | 30.0 ± 0.5 |" in rows
+    assert "| anchors without twitter | arf | 44.0 ± 0.5 | 43.0 ± 0.5 | 50.0 ± 0.5 | 30.0 ± 0.5 |" in rows
+    assert "| corpus without twitter (base too) | zeroshot | 20.0 ± 0.5 | 25.0 ± 0.5 | 50.0 ± 0.5 | 30.0 ± 0.5 |" in rows
+    assert record["styles"]["twitter"]["anchors without twitter"]["ft"]["reference_run"] is True
+    assert record["styles"]["twitter"]["corpus without twitter (base too)"]["arf"]["shift"]["mean"] == 36
+    assert "Not run yet" not in text
+
+    del summaries["ctl-corpus-without-twitter"]
+    text, _ = controls.tables(["twitter"], summaries)
+    assert text.rstrip().endswith("Not run yet: ctl-corpus-without-twitter.")
+
+
+@pytest.mark.parametrize("style", ["google", "tuxpaint"])
+def test_only_shift_styles_can_be_held_out(style, monkeypatch, capsys):
+    monkeypatch.setattr(sys, "argv", ["controls.py", "--table-only", "--styles", style])
+    with pytest.raises(SystemExit):
+        controls.main()
+    assert "invalid choice" in capsys.readouterr().err

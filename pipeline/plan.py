@@ -23,7 +23,7 @@ from functools import partial
 from pathlib import Path
 
 from pipeline.core.methods import HEAD, IMAGE, TEXT, get_method
-from pipeline.core.models import DEFAULT_MODEL
+from pipeline.core.models import DEFAULT_MODEL, import_open_clip
 from pipeline.data.assets import AssetPaths
 from pipeline.data.layouts import LayoutError, read_layout
 from pipeline.data.local import corpus_shards
@@ -88,8 +88,9 @@ def _weights_found(spec: str) -> bool:
         return True
     if os.sep in tag or tag.endswith((".pt", ".pth", ".bin", ".safetensors")):
         return Path(tag).is_file()
-    import open_clip
     from huggingface_hub import try_to_load_from_cache
+
+    open_clip = import_open_clip()
 
     repo = (open_clip.get_pretrained_cfg(name, tag) or {}).get("hf_hub", "").strip("/")
     return bool(repo) and any(isinstance(try_to_load_from_cache(repo, f), str)

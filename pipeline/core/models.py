@@ -38,6 +38,26 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 log = logging.getLogger(__name__)
 
+
+def import_open_clip():
+    """open_clip, imported without scikit-learn: the model-building code imports it here.
+
+    open_clip's CoCa imports transformers' generation module, which imports scikit-learn whenever it
+    is installed (clip-benchmark and sentence-transformers need it here) for one feature this project
+    never uses (the confidence check of assisted decoding). That import is ~1.4 s of the ~7 s every
+    model-building stage spends starting up on 2 cores. Telling transformers that scikit-learn is
+    absent before its generation module first loads skips it; scikit-learn itself still imports."""
+    import sys
+
+    if "transformers.generation" not in sys.modules:
+        import transformers.utils.import_utils as hf_imports
+
+        hf_imports._sklearn_available = False
+    import open_clip
+
+    return open_clip
+
+
 CONFIG_DIR = Path(__file__).parent / "model_configs"
 DEFAULT_MODEL = "arf-lite0-minilm"
 _PREPROCESS: dict[str, dict[str, Any]] = {}
@@ -92,7 +112,7 @@ def register_model_configs(folder: Path = CONFIG_DIR) -> None:
     """Make our JSON configs known to open_clip in this process (idempotent). With the default
     folder, the folders listed in $ARF_MODEL_CONFIGS (os.pathsep-separated) are registered too: a
     lab's own architectures, or the tiny ones the tests run the presets with, reach every stage."""
-    import open_clip
+    open_clip = import_open_clip()
 
     global _REGISTERED
     if _REGISTERED and folder == CONFIG_DIR:
@@ -143,7 +163,7 @@ class LoadedModel:
 
 
 def _check_available(spec: ModelSpec) -> None:
-    import open_clip
+    open_clip = import_open_clip()
 
     if open_clip.get_model_config(spec.name) is None:
         raise ModelNotAvailable(
@@ -163,7 +183,7 @@ def _check_available(spec: ModelSpec) -> None:
 
 def create_model(spec: str | ModelSpec, device: str = "cpu") -> LoadedModel:
     """Build a model from a spec; the only entry point the stages use."""
-    import open_clip
+    open_clip = import_open_clip()
 
     register_model_configs()
     spec = ModelSpec.parse(spec) if isinstance(spec, str) else spec
@@ -200,6 +220,7 @@ def padding_ignored_by(model: torch.nn.Module) -> int | None:
     cutting padding columns changes nothing but float rounding. open_clip's own towers are left as
     they are: CLIP's adds the full positional table (a shorter input fails), and last-token pooling
     (SigLIP, CoCa) would read a different token."""
+    import_open_clip()
     from open_clip.hf_model import HFTextEncoder
 
     text = getattr(model, "text", None)
@@ -293,7 +314,7 @@ def write_model_dir(model: torch.nn.Module, name: str, out_dir: Path, head: dict
 
 def preprocess_cfg(model: torch.nn.Module) -> dict[str, Any]:
     """The evaluation transform's settings a model was built with (sequences as lists, as JSON has them)."""
-    import open_clip
+    open_clip = import_open_clip()
 
     return {k: list(v) if isinstance(v, tuple) else v for k, v in open_clip.get_model_preprocess_cfg(model).items()}
 

@@ -40,10 +40,11 @@ class _FlattenThenPreprocess:
 
 def _load_for_all_clip(spec: str, use_jit: bool, device: str, clip_cache_path: str | None):
     """An all_clip loader: (model, preprocess, tokenizer) built by our one model factory."""
-    from all_clip.open_clip import OpenClipWrapper
-
     from pipeline.core.encode import channels_last
-    from pipeline.core.models import TrimmedTokenizer, create_model
+    from pipeline.core.models import TrimmedTokenizer, create_model, import_open_clip
+
+    import_open_clip()  # before all_clip imports it
+    from all_clip.open_clip import OpenClipWrapper
 
     class TrimmingWrapper(OpenClipWrapper):
         """clip-retrieval tokenizes text by text and stacks the ids in its DataLoader, so each needs

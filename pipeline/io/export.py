@@ -27,11 +27,17 @@ import json
 import os
 from pathlib import Path
 
-import open_clip
 import safetensors.torch
 from huggingface_hub.utils import HFValidationError, validate_repo_id
 
-from pipeline.core.models import create_model, model_dir_spec, preprocess_cfg, read_head, read_model_json
+from pipeline.core.models import (
+    create_model,
+    import_open_clip,
+    model_dir_spec,
+    preprocess_cfg,
+    read_head,
+    read_model_json,
+)
 from pipeline.io.atomic import atomic_dir
 
 NAMESPACE = "arf"
@@ -66,7 +72,7 @@ def export_model(model_dir: str | os.PathLike, out_dir: str | os.PathLike) -> li
         raise ValueError(f"{out_dir}: exists; export writes a new folder")
     meta = read_model_json(model_dir)
     lm = create_model(model_dir_spec(model_dir))
-    model_cfg = open_clip.get_model_config(lm.spec.name)
+    model_cfg = import_open_clip().get_model_config(lm.spec.name)
     text_cfg = model_cfg["text_cfg"]
     head = read_head(model_dir)
     with atomic_dir(out_dir) as tmp:

@@ -206,3 +206,30 @@ def test_no_corpus_builds_the_benchmark_and_the_stages_needing_one_name_the_key(
     assert str(e.value) == (f"{heldout}: no corpus pairs, which the retention metric (held-out pairs, "
                             f"build_data.local.heldout_pairs > 0) needs: {fix}")
     assert not (tmp_path / "base").exists() and not (tmp_path / "emb").exists()
+
+
+@pytest.mark.parametrize("check_images", [True, False])
+def test_bad_image_files_are_skipped_at_import_with_the_counts_later_stages_see(tmp_path, check_images):
+    """Corrupt, truncated, empty and non-image files in a folder set: skipped and counted at import with
+    their reasons, so the shards hold only what decodes (reading them skips nothing). With check_images
+    false they are copied as they are, and the reader skips them instead (the counts then differ)."""
+    from pipeline.io.shards import SkipCounter, iter_shard_images
+
+    params = small_set(tmp_path, corpus=False, val_fraction=0.3, check_images=check_images)
+    train = tmp_path / "mine" / "train"
+    good = jpeg(0, n_labels=3, seed=99)
+    bad = {"corrupt.jpg": b"\xff\xd8\xff\xe0" + b"\x00" * 64, "empty.png": b"", "notes.jpg": b"just text\n",
+           "truncated.jpg": good[: len(good) // 2]}
+    for i, (name, data) in enumerate(bad.items()):
+        (train / CLASSES[i % 3] / name).write_bytes(data)
+    counts = import_local_data(tmp_path / "data", params)
+    stored = counts["benchmark"]["finetune"] + counts["benchmark"]["val"]
+    bench = tmp_path / "data" / "benchmark"
+    reader = SkipCounter()
+    read = [k for split in ("finetune", "val") for k, _, _ in iter_shard_images(bench / split, reader)]
+    if check_images:
+        assert (counts["skipped"], stored, reader.skipped, len(read)) == (4, 18, 0, 18)
+        assert len(counts["skipped_examples"]) == 4
+        assert all("undecodable image" in e and "(finetune)" in e for e in counts["skipped_examples"])
+    else:
+        assert (counts["skipped"], stored, reader.skipped, len(read)) == (0, 22, 4, 18)

@@ -32,7 +32,7 @@ from pipeline.data.layouts import LabelledSet, LayoutError, in_val_split, read_l
 from pipeline.data.templates import template_set
 from pipeline.data.writing import write_clip_benchmark_set
 from pipeline.io.atomic import atomic_dir, write_json
-from pipeline.io.shards import SkipCounter, write_shards
+from pipeline.io.shards import SkipCounter, decode_image, write_shards
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +66,11 @@ class LocalDataParams:
     # A corpus shard member (one image, caption or record) over this many MB is refused: members are
     # read whole into memory (img2dataset's are 10-500 KB).
     max_member_mb: int = field(default=64, metadata={"gt": 0})
+    # Decode every benchmark image at import, as training and evaluation will: a corrupt, truncated,
+    # empty or non-image file (or one over the pixel cap) is skipped and counted here, with its
+    # reason, so the counts written are the ones every later stage sees. false: copy bytes unchecked
+    # (an ImageNet import decodes 1.3M images once more); later stages then skip what fails.
+    check_images: bool = True
 
     def check(self, where: str) -> None:
         for name in self.eval:
@@ -80,8 +85,10 @@ def _root(params: LocalDataParams) -> Path | None:
     return Path(os.path.expanduser(params.root)) if params.root else None
 
 
-def _samples(ls: LabelledSet, max_per_class: int | None, skips: SkipCounter, keep=lambda key: True):
-    """Shard samples of a set; unreadable files are skipped and counted, never fatal. A label outside
+def _samples(ls: LabelledSet, max_per_class: int | None, skips: SkipCounter, keep=lambda key: True,
+             check_images: bool = True):
+    """Shard samples of a set; unreadable files (and, with `check_images`, undecodable ones) are skipped
+    and counted, never fatal, and count against no class's `max_per_class`. A label outside
     the set's classes or a key given to two images makes the set unusable (a wrong label file, two
     files that one key cannot tell apart), whatever the layout: refused, naming the sample."""
     per_class: Counter = Counter()
@@ -100,6 +107,12 @@ def _samples(ls: LabelledSet, max_per_class: int | None, skips: SkipCounter, kee
         except OSError as e:
             skips(OSError(f"{ls.name}: sample {s.key}: {e}"))
             continue
+        if check_images:
+            try:
+                decode_image(data, f"{s.key} ({ls.name})")
+            except ValueError as e:
+                skips(e)
+                continue
         per_class[s.label] += 1
         meta = {"classname": ls.classnames[s.label], "label": s.label, "set": ls.name}
         sample = {"__key__": s.key, s.ext: data, "cls": str(s.label), "json": json.dumps(meta, sort_keys=True)}
@@ -228,11 +241,12 @@ def import_local_data(out_root: Path, params: LocalDataParams) -> dict:
     with atomic_dir(out_root / "benchmark") as tmp:
         frac, seed = params.val_fraction, params.seed
         per_class = {"train": Counter(), "val": Counter()}
+        check = params.check_images
         info = write_shards(tmp / "finetune", _counted(_samples(finetune, params.max_per_class, skips, lambda k: not
-                                                                in_val_split(k, frac, seed)), per_class["train"]),
+                                                                in_val_split(k, frac, seed), check), per_class["train"]),
                             params.max_per_shard)
         val = write_shards(tmp / "val", _counted(_samples(finetune, params.max_per_class, skips,
-                                                          lambda k: in_val_split(k, frac, seed)), per_class["val"]),
+                                                          lambda k: in_val_split(k, frac, seed), check), per_class["val"]),
                            params.max_per_shard)
         counts["benchmark"] = {"finetune": info.num_samples, "val": val.num_samples}
         if info.num_samples == 0 or val.num_samples == 0:
@@ -244,7 +258,8 @@ def import_local_data(out_root: Path, params: LocalDataParams) -> dict:
                 warnings.append(f"build_data.local.val_fraction {frac}: {len(absent)} of {len(finetune.classnames)} "
                                 f"classes have no {split} image ({', '.join(absent[:5])}{', ...' if len(absent) > 5 else ''})")
         for name, es in evals.items():
-            sizes = write_clip_benchmark_set(tmp / "eval" / name, _samples(es, params.max_per_class, skips),
+            sizes = write_clip_benchmark_set(tmp / "eval" / name, _samples(es, params.max_per_class, skips,
+                                                                           check_images=check),
                                              es.classnames, es.templates or templates, params.max_per_shard)
             if es.projection is not None:
                 write_json(tmp / "eval" / name / "projection.json", es.projection.to_json(), indent=None)
@@ -252,6 +267,8 @@ def import_local_data(out_root: Path, params: LocalDataParams) -> dict:
         (tmp / "classes.json").write_text(json.dumps(
             {"seen": finetune.classnames, "unseen": [], "templates": templates}, indent=2) + "\n")
         counts["skipped"] = skips.skipped
+        if skips.skipped:
+            counts["skipped_examples"] = skips.examples
         counts["warnings"] = warnings
         counts["seconds"] = round(time.perf_counter() - t0, 1)
         write_json(tmp / "build_data.json", counts)

@@ -68,18 +68,22 @@ def queue_and_run(runs: list[tuple[str, list[str]]], seeds: list[int]) -> None:
     dvc("exp", "run", "--run-all", "--jobs", "1")
 
 
-def experiments() -> dict[str, dict]:
-    """name -> {"params": params.yaml data, "metrics": results/metrics.json data} from `dvc exp show`."""
+def finished_experiments() -> dict[str, dict]:
+    """Name -> {"rev", "params", "metrics"} of every experiment that finished, from `dvc exp show`.
+
+    Queued and running experiments are left out: their entries carry the baseline's commit and the
+    workspace's numbers, which would pass for theirs."""
     found: dict[str, dict] = {}
 
     def walk(node):
         if isinstance(node, dict):
-            data = node.get("data")
-            if node.get("name") and isinstance(data, dict) and "metrics" in data:
-                metrics = (data.get("metrics") or {}).get("results/metrics.json", {}).get("data")
-                params = (data.get("params") or {}).get("params.yaml", {}).get("data")
-                if metrics:
-                    found[node["name"]] = {"params": params or {}, "metrics": metrics}
+            executor = node.get("executor") or {}
+            for rev in node.get("revs") or []:
+                data = rev.get("data") or {}
+                if rev.get("name") and executor.get("state", "success") == "success" and data.get("rev") == rev.get("rev"):
+                    metrics = (data.get("metrics") or {}).get("results/metrics.json", {}).get("data")
+                    params = (data.get("params") or {}).get("params.yaml", {}).get("data")
+                    found[rev["name"]] = {"rev": rev["rev"], "params": params or {}, "metrics": metrics or {}}
             for v in node.values():
                 walk(v)
         elif isinstance(node, list):
@@ -95,7 +99,7 @@ def table(runs: list[tuple[str, list[str]]], found: dict[str, dict]) -> str:
     missing, seeds = [], None
     for name, overrides in runs:
         exp = found.get(name)
-        if exp is None:
+        if exp is None or not exp["metrics"]:
             missing.append(name)
             continue
         row = exp["metrics"]["arf"]
@@ -117,7 +121,7 @@ def main() -> None:
     runs = settings(args.only)
     if not args.table_only:
         queue_and_run(runs, [int(s) for s in args.seeds.split(",")])
-    text = table(runs, experiments())
+    text = table(runs, finished_experiments())
     write_atomic(args.out, text)
     print(text)
 

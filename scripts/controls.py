@@ -3,6 +3,7 @@
     python scripts/controls.py                    # queue, run, write results/controls/
     python scripts/controls.py --seeds 0,1,2      # more training seeds per experiment
     python scripts/controls.py --table-only       # (re)write the tables from experiments already run
+    python scripts/controls.py --seeds 0,1,2 --prefix ctl3    # the same with 3 seeds, as other experiments
     dvc exp remove $(dvc exp ls --name-only | grep ^ctl-)   # before re-running: names are reused
 
 The default corpus holds the corpus-half emoji in all four styles, so ARF's retrieved anchors include
@@ -27,12 +28,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import subprocess
 import sys
 from pathlib import Path
 
-from ablate import dvc, write_atomic
+from ablate import dvc, finished_experiments, write_atomic
 
 STYLES = ("google", "twitter", "openmoji_color", "openmoji_black")
 SHIFT_STYLES = ("twitter", "openmoji_color", "openmoji_black")
@@ -40,13 +40,13 @@ PREFIX = "ctl"
 ALL_METHODS = ("ft", "flyp", "arf")
 
 
-def settings(styles: list[str]) -> list[tuple[str, list[str], tuple[str, ...]]]:
+def settings(styles: list[str], prefix: str = PREFIX) -> list[tuple[str, list[str], tuple[str, ...]]]:
     """(experiment name, -S overrides, methods trained) for the reference and each control."""
-    out = [(f"{PREFIX}-reference", [], ALL_METHODS)]
+    out = [(f"{prefix}-reference", [], ALL_METHODS)]
     for s in styles:
         kept = ",".join(x for x in STYLES if x != s)
-        out.append((f"{PREFIX}-anchors-without-{s}", [f"+retrieve.exclude.style=[{s}]"], ("arf",)))
-        out.append((f"{PREFIX}-corpus-without-{s}", [f"build_data.corpus_styles=[{kept}]"], ALL_METHODS))
+        out.append((f"{prefix}-anchors-without-{s}", [f"+retrieve.exclude.style=[{s}]"], ("arf",)))
+        out.append((f"{prefix}-corpus-without-{s}", [f"build_data.corpus_styles=[{kept}]"], ALL_METHODS))
     return out
 
 
@@ -59,24 +59,6 @@ def queue_and_run(runs, seeds: list[int]) -> None:
         dvc(*args)
         print(f"queued {name}: {' '.join(overrides) or '(reference)'}")
     dvc("exp", "run", "--run-all", "--jobs", "1")
-
-
-def experiment_revs() -> dict[str, str]:
-    """Experiment name -> its commit, from `dvc exp show`."""
-    found: dict[str, str] = {}
-
-    def walk(node):
-        if isinstance(node, dict):
-            if node.get("name") and node.get("rev") and isinstance(node.get("data"), dict):
-                found[node["name"]] = node["rev"]
-            for v in node.values():
-                walk(v)
-        elif isinstance(node, list):
-            for v in node:
-                walk(v)
-
-    walk(json.loads(dvc("exp", "show", "--json", "--all-commits")))
-    return found
 
 
 def summary_of(rev: str) -> dict:
@@ -99,8 +81,8 @@ def gap(a: dict | None, b: dict | None) -> str:
     return "–" if a is None or b is None else f"{a['mean'] - b['mean']:+.1f}"
 
 
-def tables(styles: list[str], summaries: dict[str, dict]) -> tuple[str, dict]:
-    ref = summaries.get(f"{PREFIX}-reference")
+def tables(styles: list[str], summaries: dict[str, dict], prefix: str = PREFIX) -> tuple[str, dict]:
+    ref = summaries.get(f"{prefix}-reference")
     lines, record, missing = [], {}, []
     seeds = next(iter(summaries.values()))["seeds"] if summaries else []
     for s in styles:
@@ -109,9 +91,9 @@ def tables(styles: list[str], summaries: dict[str, dict]) -> tuple[str, dict]:
                   f"| setting | method | shift {s} | zero-shot {s} | ID | corpus i2t R@1 |", "|---|---|---|---|---|---|"]
         for label, name in (("full corpus (reference)", "reference"), (f"anchors without {s}", f"anchors-without-{s}"),
                             (f"corpus without {s} (base too)", f"corpus-without-{s}")):
-            own = summaries.get(f"{PREFIX}-{name}")
+            own = summaries.get(f"{prefix}-{name}")
             if own is None or ref is None:
-                missing.append(f"{PREFIX}-{name}")
+                missing.append(f"{prefix}-{name}")
                 continue
             cells = {}
             for method in ("zeroshot",) + ALL_METHODS:
@@ -125,27 +107,36 @@ def tables(styles: list[str], summaries: dict[str, dict]) -> tuple[str, dict]:
             lines.append(f"| {label} | **ARF - FLYP** | " + " | ".join(
                 gap(a, b) for a, b in zip(cells["arf"][:3], cells["flyp"][:3])) + " | |")
         lines.append("")
+    summary = ["ARF - FLYP on the held-out style s (points; shift s / zero-shot s):", "",
+               "| style s | full corpus | anchors without s | corpus without s (base too) |", "|---|---|---|---|"]
+    for s in styles:
+        cells = []
+        for label in ("full corpus (reference)", f"anchors without {s}", f"corpus without {s} (base too)"):
+            row = record.get(s, {}).get(label)
+            cells.append("–" if row is None else " / ".join(gap(row["arf"][k], row["flyp"][k]) for k in ("shift", "zeroshot")))
+        summary.append(f"| {s} | " + " | ".join(cells) + " |")
     head = (f"Style-held-out controls (`python scripts/controls.py`): top-1 accuracy (%) at WiSE-FT alpha = 1, "
             f"mean ± sample std over seeds {seeds}. zeroshot = the base model. shift s: the seen classes' test "
             "emoji in style s; zero-shot s: the unseen classes in style s. corpus R@1: the held-out corpus "
             "slice, which follows the corpus restriction in the corpus-without rows.\n\n")
     note = f"\nNot run yet: {', '.join(sorted(set(missing)))}.\n" if missing else ""
-    return head + "\n".join(lines) + note, {"seeds": seeds, "styles": record}
+    return head + "\n".join(summary) + "\n\n" + "\n".join(lines) + note, {"seeds": seeds, "styles": record}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seeds", default="0", help="comma-separated training seeds per experiment")
     ap.add_argument("--styles", nargs="*", default=list(SHIFT_STYLES), choices=SHIFT_STYLES)
+    ap.add_argument("--prefix", default=PREFIX, help="experiment names' prefix (another seed set: another prefix)")
     ap.add_argument("--table-only", action="store_true")
     ap.add_argument("--out", type=Path, default=Path("results/controls"))
     args = ap.parse_args()
-    runs = settings(args.styles)
+    runs = settings(args.styles, args.prefix)
     if not args.table_only:
         queue_and_run(runs, [int(s) for s in args.seeds.split(",")])
-    revs = experiment_revs()
-    summaries = {name: summary_of(revs[name]) for name, _, _ in runs if name in revs}
-    text, record = tables(args.styles, summaries)
+    done = finished_experiments()
+    summaries = {name: summary_of(done[name]["rev"]) for name, _, _ in runs if name in done}
+    text, record = tables(args.styles, summaries, args.prefix)
     args.out.mkdir(parents=True, exist_ok=True)
     write_atomic(args.out / "controls.md", text)
     write_atomic(args.out / "controls.json", json.dumps(record, indent=1) + "\n")

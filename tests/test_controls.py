@@ -3,6 +3,7 @@ pass the params check and change only what each control says; its tables read ea
 and take FT and FLYP from the reference where a control trains ARF alone."""
 from __future__ import annotations
 
+import json
 import shutil
 import sys
 from pathlib import Path
@@ -12,6 +13,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))
 
+import ablate  # noqa: E402
 import controls  # noqa: E402
 
 from pipeline.stages import load_params  # noqa: E402  (every stage's params section registered)
@@ -64,6 +66,7 @@ def test_tables_take_ft_and_flyp_from_the_reference_where_only_arf_trained():
     assert "| anchors without twitter | flyp (reference run) | 40.0 ± 0.5 | 38.0 ± 0.5 | 50.0 ± 0.5 | 30.0 ± 0.5 |" in rows
     assert "| anchors without twitter | arf | 44.0 ± 0.5 | 43.0 ± 0.5 | 50.0 ± 0.5 | 30.0 ± 0.5 |" in rows
     assert "| corpus without twitter (base too) | zeroshot | 20.0 ± 0.5 | 25.0 ± 0.5 | 50.0 ± 0.5 | 30.0 ± 0.5 |" in rows
+    assert "| twitter | +12.0 / +7.0 | +4.0 / +5.0 | +3.0 / +3.0 |" in rows  # the summary: ARF - FLYP per setting
     assert record["styles"]["twitter"]["anchors without twitter"]["ft"]["reference_run"] is True
     assert record["styles"]["twitter"]["corpus without twitter (base too)"]["arf"]["shift"]["mean"] == 36
     assert "Not run yet" not in text
@@ -71,6 +74,7 @@ def test_tables_take_ft_and_flyp_from_the_reference_where_only_arf_trained():
     del summaries["ctl-corpus-without-twitter"]
     text, _ = controls.tables(["twitter"], summaries)
     assert text.rstrip().endswith("Not run yet: ctl-corpus-without-twitter.")
+    assert "| twitter | +12.0 / +7.0 | +4.0 / +5.0 | – |" in text
 
 
 @pytest.mark.parametrize("style", ["google", "tuxpaint"])
@@ -79,3 +83,19 @@ def test_only_shift_styles_can_be_held_out(style, monkeypatch, capsys):
     with pytest.raises(SystemExit):
         controls.main()
     assert "invalid choice" in capsys.readouterr().err
+
+
+def test_only_finished_experiments_are_read(monkeypatch):
+    """A queued or running experiment's entry in `dvc exp show` carries the baseline's commit (and the
+    workspace's numbers): taken for its own, the table would show the reference as the control."""
+    def entry(name, rev, state, data_rev=None):
+        return {"revs": [{"rev": rev, "name": name, "data": {"rev": data_rev or rev, "metrics": {
+            "results/metrics.json": {"data": {"arf": {"id": 1.0}}}}}}],
+            "executor": {"state": state, "name": "dvc-task"}, "name": name}
+
+    shown = [{"rev": "workspace", "data": {"rev": "workspace"}},
+             {"rev": "base", "name": "main", "experiments": [
+                 entry("ctl-done", "aaa", "success"), entry("ctl-running", "bbb", "running", data_rev="workspace"),
+                 entry("ctl-queued", "ccc", "queued"), entry("ctl-failed", "ddd", "failed")]}]
+    monkeypatch.setattr(ablate, "dvc", lambda *args: json.dumps(shown))
+    assert {name: e["rev"] for name, e in ablate.finished_experiments().items()} == {"ctl-done": "aaa"}

@@ -161,8 +161,8 @@ def test_ablation_script_queues_experiments_and_writes_the_table(project, tmp_pa
     assert yaml.safe_load((work / "params.yaml").read_text())["caption"]["backend"] == "nn"
     # scripts/controls.py reads each experiment's own summary from its commit (the same queue machinery)
     read = run([sys.executable, "-c", "import json, sys; sys.path.insert(0, 'scripts'); import controls; "
-                "print(json.dumps({n: controls.summary_of(r)['methods']['arf']['id_val']['mean'] "
-                "for n, r in controls.experiment_revs().items()}))"], work, env)
+                "print(json.dumps({n: controls.summary_of(e['rev'])['methods']['arf']['id_val']['mean'] "
+                "for n, e in controls.finished_experiments().items()}))"], work, env)
     id_vals = json.loads(read.stdout)
     assert set(id_vals) == {"abl-default", "abl-captioner-classname"}
     assert [f"{v:.1f}" for v in (id_vals["abl-default"], id_vals["abl-captioner-classname"])] == \

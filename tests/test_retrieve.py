@@ -388,6 +388,27 @@ def test_exclude_by_metadata_column_drops_every_pair_of_that_value(built, prompt
         retrieve_anchors(built["index"], prompts, 2, exclude={"styles": [style]})
 
 
+def test_the_retrieve_stage_applies_exclude_from_params_and_records_it(built, prompts, tmp_path):
+    """`retrieve.exclude` in params.yaml reaches the search, and stats.json says what was excluded."""
+    import yaml
+
+    from pipeline.cli import run as arf
+
+    meta = load_metadata(built["emb"])
+    style = meta["style"].value_counts().index[0]
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params["retrieve"].update(k_per_class=2, exclude={"style": [style]})
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    with pytest.raises(SystemExit) as done:
+        arf(["retrieve", "--emb", str(built["emb"]), "--prompts", str(prompts), "--index", str(tmp_path / "index"),
+             "--out", str(tmp_path / "anchors"), "--params", str(tmp_path / "params.yaml")])
+    assert done.value.code == 0
+    stats = json.loads((tmp_path / "anchors" / "stats.json").read_text())
+    assert stats["exclude"] == {"style": [style]} and stats["excluded_pairs"] == int((meta["style"] == style).sum())
+    keys = [r["key"] for r in read_anchors(tmp_path / "anchors" / "anchors.jsonl")]
+    assert keys and style not in set(meta.set_index("image_path").loc[keys, "style"])
+
+
 def test_write_anchors_jsonl(built, prompts):
     records = retrieve_anchors(built["index"], prompts, 3)
     path = built["tmp"] / "anchors" / "anchors.jsonl"

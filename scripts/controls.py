@@ -38,6 +38,7 @@ STYLES = ("google", "twitter", "openmoji_color", "openmoji_black")
 SHIFT_STYLES = ("twitter", "openmoji_color", "openmoji_black")
 PREFIX = "ctl"
 ALL_METHODS = ("ft", "flyp", "arf")
+KEYS = ("shift", "zeroshot", "zeroshot_google", "zeroshot_tuxpaint", "id", "i2t_r1")
 
 
 def settings(styles: list[str], prefix: str = PREFIX) -> list[tuple[str, list[str], tuple[str, ...]]]:
@@ -86,9 +87,10 @@ def tables(styles: list[str], summaries: dict[str, dict], prefix: str = PREFIX) 
     lines, record, missing = [], {}, []
     seeds = next(iter(summaries.values()))["seeds"] if summaries else []
     for s in styles:
-        metrics = (f"shift/{s}", f"zeroshot/{s}", "id", "i2t_r1")
+        metrics = (f"shift/{s}", f"zeroshot/{s}", "zeroshot/google", "zeroshot/tuxpaint", "id", "i2t_r1")
         lines += [f"### Style held out: {s}", "",
-                  f"| setting | method | shift {s} | zero-shot {s} | ID | corpus i2t R@1 |", "|---|---|---|---|---|---|"]
+                  f"| setting | method | shift {s} | zero-shot {s} | zero-shot google | zero-shot tuxpaint | ID | "
+                  "corpus i2t R@1 |", "|---|---|---|---|---|---|---|---|"]
         for label, name in (("full corpus (reference)", "reference"), (f"anchors without {s}", f"anchors-without-{s}"),
                             (f"corpus without {s} (base too)", f"corpus-without-{s}")):
             own = summaries.get(f"{prefix}-{name}")
@@ -103,17 +105,18 @@ def tables(styles: list[str], summaries: dict[str, dict], prefix: str = PREFIX) 
                 shown = method + (" (reference run)" if source is not own else "")
                 lines.append(f"| {label} | {shown} | " + " | ".join(fmt(x) for x in cells[method]) + " |")
                 record.setdefault(s, {}).setdefault(label, {})[method] = {
-                    **dict(zip(("shift", "zeroshot", "id", "i2t_r1"), cells[method])), "reference_run": source is not own}
+                    **dict(zip(KEYS, cells[method])), "reference_run": source is not own}
             lines.append(f"| {label} | **ARF - FLYP** | " + " | ".join(
-                gap(a, b) for a, b in zip(cells["arf"][:3], cells["flyp"][:3])) + " | |")
+                gap(a, b) for a, b in zip(cells["arf"][:5], cells["flyp"][:5])) + " | |")
         lines.append("")
-    summary = ["ARF - FLYP on the held-out style s (points; shift s / zero-shot s):", "",
-               "| style s | full corpus | anchors without s | corpus without s (base too) |", "|---|---|---|---|"]
+    summary = ["ARF - FLYP (points) in each setting: shift s / zero-shot s (unseen classes in the held-out style) / "
+               "zero-shot google and tuxpaint (unseen classes in the finetune style; another source, in no corpus):",
+               "", "| style s | full corpus | anchors without s | corpus without s (base too) |", "|---|---|---|---|"]
     for s in styles:
         cells = []
         for label in ("full corpus (reference)", f"anchors without {s}", f"corpus without {s} (base too)"):
             row = record.get(s, {}).get(label)
-            cells.append("–" if row is None else " / ".join(gap(row["arf"][k], row["flyp"][k]) for k in ("shift", "zeroshot")))
+            cells.append("–" if row is None else " / ".join(gap(row["arf"][k], row["flyp"][k]) for k in KEYS[:4]))
         summary.append(f"| {s} | " + " | ".join(cells) + " |")
     head = (f"Style-held-out controls (`python scripts/controls.py`): top-1 accuracy (%) at WiSE-FT alpha = 1, "
             f"mean ± sample std over seeds {seeds}. zeroshot = the base model. shift s: the seen classes' test "

@@ -46,8 +46,9 @@ def _summary(seeds, **methods):
                                         for m, metrics in methods.items()}}
 
 
-def _row(shift, zs, id_=50.0, r1=30.0):
-    return {"shift/twitter": shift, "zeroshot/twitter": zs, "id": id_, "i2t_r1": r1}
+def _row(shift, zs, id_=50.0, r1=30.0, google=45.0, tux=25.0):
+    return {"shift/twitter": shift, "zeroshot/twitter": zs, "zeroshot/google": google, "zeroshot/tuxpaint": tux,
+            "id": id_, "i2t_r1": r1}
 
 
 def test_tables_take_ft_and_flyp_from_the_reference_where_only_arf_trained():
@@ -55,18 +56,20 @@ def test_tables_take_ft_and_flyp_from_the_reference_where_only_arf_trained():
         "ctl-reference": _summary([0], zeroshot=_row(30, 40), ft=_row(45, 41), flyp=_row(40, 38), arf=_row(52, 45)),
         "ctl-anchors-without-twitter": _summary([0], zeroshot=_row(30, 40), arf=_row(44, 43)),
         "ctl-corpus-without-twitter": _summary([0], zeroshot=_row(20, 25), ft=_row(35, 30), flyp=_row(33, 28),
-                                               arf=_row(36, 31)),
+                                               arf=_row(36, 31, google=52.0)),
     }
     text, record = controls.tables(["twitter"], summaries)
     rows = [line for line in text.splitlines() if line.startswith("| ") and "setting" not in line]
     gaps = [line for line in rows if "ARF - FLYP" in line]
-    assert gaps == ["| full corpus (reference) | **ARF - FLYP** | +12.0 | +7.0 | +0.0 | |",
-                    "| anchors without twitter | **ARF - FLYP** | +4.0 | +5.0 | +0.0 | |",
-                    "| corpus without twitter (base too) | **ARF - FLYP** | +3.0 | +3.0 | +0.0 | |"]
-    assert "| anchors without twitter | flyp (reference run) | 40.0 ± 0.5 | 38.0 ± 0.5 | 50.0 ± 0.5 | 30.0 ± 0.5 |" in rows
-    assert "| anchors without twitter | arf | 44.0 ± 0.5 | 43.0 ± 0.5 | 50.0 ± 0.5 | 30.0 ± 0.5 |" in rows
-    assert "| corpus without twitter (base too) | zeroshot | 20.0 ± 0.5 | 25.0 ± 0.5 | 50.0 ± 0.5 | 30.0 ± 0.5 |" in rows
-    assert "| twitter | +12.0 / +7.0 | +4.0 / +5.0 | +3.0 / +3.0 |" in rows  # the summary: ARF - FLYP per setting
+    assert gaps == ["| full corpus (reference) | **ARF - FLYP** | +12.0 | +7.0 | +0.0 | +0.0 | +0.0 | |",
+                    "| anchors without twitter | **ARF - FLYP** | +4.0 | +5.0 | +0.0 | +0.0 | +0.0 | |",
+                    "| corpus without twitter (base too) | **ARF - FLYP** | +3.0 | +3.0 | +7.0 | +0.0 | +0.0 | |"]
+    same = "45.0 ± 0.5 | 25.0 ± 0.5 | 50.0 ± 0.5 | 30.0 ± 0.5 |"
+    assert f"| anchors without twitter | flyp (reference run) | 40.0 ± 0.5 | 38.0 ± 0.5 | {same}" in rows
+    assert f"| anchors without twitter | arf | 44.0 ± 0.5 | 43.0 ± 0.5 | {same}" in rows
+    assert f"| corpus without twitter (base too) | zeroshot | 20.0 ± 0.5 | 25.0 ± 0.5 | {same}" in rows
+    # the summary: ARF - FLYP per setting
+    assert "| twitter | +12.0 / +7.0 / +0.0 / +0.0 | +4.0 / +5.0 / +0.0 / +0.0 | +3.0 / +3.0 / +7.0 / +0.0 |" in rows
     assert record["styles"]["twitter"]["anchors without twitter"]["ft"]["reference_run"] is True
     assert record["styles"]["twitter"]["corpus without twitter (base too)"]["arf"]["shift"]["mean"] == 36
     assert "Not run yet" not in text
@@ -74,7 +77,7 @@ def test_tables_take_ft_and_flyp_from_the_reference_where_only_arf_trained():
     del summaries["ctl-corpus-without-twitter"]
     text, _ = controls.tables(["twitter"], summaries)
     assert text.rstrip().endswith("Not run yet: ctl-corpus-without-twitter.")
-    assert "| twitter | +12.0 / +7.0 | +4.0 / +5.0 | – |" in text
+    assert "| twitter | +12.0 / +7.0 / +0.0 / +0.0 | +4.0 / +5.0 / +0.0 / +0.0 | – |" in text
 
 
 @pytest.mark.parametrize("style", ["google", "tuxpaint"])

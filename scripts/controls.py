@@ -34,8 +34,9 @@ from pathlib import Path
 
 from ablate import dvc, finished_experiments, write_atomic
 
-STYLES = ("google", "twitter", "openmoji_color", "openmoji_black")
-SHIFT_STYLES = ("twitter", "openmoji_color", "openmoji_black")
+from pipeline.data.default import SHIFT_STYLES
+from pipeline.data.emoji import STYLES
+
 PREFIX = "ctl"
 ALL_METHODS = ("ft", "flyp", "arf")
 KEYS = ("shift", "zeroshot", "zeroshot_google", "zeroshot_tuxpaint", "id", "i2t_r1")

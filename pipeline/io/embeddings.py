@@ -74,9 +74,9 @@ def metadata_row_counts(folder: str | os.PathLike) -> list[int]:
 
 
 def metadata_columns(folder: str | os.PathLike) -> list[str]:
-    files = _metadata_files(folder)
     import pyarrow.parquet as pq
 
+    files = _metadata_files(folder)
     return pq.ParquetFile(files[0]).schema_arrow.names if files else []
 
 

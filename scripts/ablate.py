@@ -2,6 +2,7 @@
 
     python scripts/ablate.py                  # queue, run, then write results/ablations.md
     python scripts/ablate.py --table-only     # only (re)write the table from experiments already run
+    python scripts/ablate.py --only k=32 captioner --seeds 0,1,2 --prefix abl3 --out results/ablations_3seeds.md
     dvc exp remove $(dvc exp ls --name-only | grep ^abl-)   # before re-running: names are reused
 
 One experiment per setting: a single knob changed against the committed params.yaml (queued with
@@ -47,13 +48,13 @@ def write_atomic(path: Path, text: str) -> None:
     tmp.replace(path)
 
 
-def settings(only: list[str] | None) -> list[tuple[str, list[str]]]:
-    """(experiment name, -S overrides) for the baseline and every setting."""
-    out = [(f"{PREFIX}-default", [])]
+def settings(only: list[str] | None, prefix: str = PREFIX) -> list[tuple[str, list[str]]]:
+    """(experiment name, -S overrides) for the baseline and every setting; `only` names knobs (`k`) or
+    single settings (`k=32`)."""
+    out = [(f"{prefix}-default", [])]
     for name, (key, values) in ABLATIONS.items():
-        if only and name not in only:
-            continue
-        out += [(f"{PREFIX}-{name}-{v}".replace(".", "p"), [f"{key}={v}"]) for v in values]
+        picked = [v for v in values if not only or name in only or f"{name}={v}" in only]
+        out += [(f"{prefix}-{name}-{v}".replace(".", "p"), [f"{key}={v}"]) for v in picked]
     return out
 
 
@@ -114,11 +115,13 @@ def table(runs: list[tuple[str, list[str]]], found: dict[str, dict]) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seeds", default="0", help="comma-separated seeds per setting")
-    ap.add_argument("--only", nargs="*", choices=sorted(ABLATIONS), help="a subset of the knobs")
+    ap.add_argument("--only", nargs="*", choices=sorted(ABLATIONS) + [f"{n}={v}" for n, (_, vs) in ABLATIONS.items() for v in vs],
+                    help="a subset of the knobs (k) or of their settings (k=32)")
+    ap.add_argument("--prefix", default=PREFIX, help="experiment names' prefix (another seed set: another prefix)")
     ap.add_argument("--table-only", action="store_true")
     ap.add_argument("--out", type=Path, default=Path("results/ablations.md"))
     args = ap.parse_args()
-    runs = settings(args.only)
+    runs = settings(args.only, args.prefix)
     if not args.table_only:
         queue_and_run(runs, [int(s) for s in args.seeds.split(",")])
     text = table(runs, finished_experiments())

@@ -16,7 +16,7 @@ from __future__ import annotations
 import os
 
 # Longest first (seconds on 2 cores, from `pytest --durations`); files not listed follow in their order.
-LONGEST = ["test_presets.py", "test_dvc_workflows.py", "test_retrieve.py", "test_train.py"]
+LONGEST = ["test_presets.py", "test_dvc_workflows.py", "test_faults_kill.py", "test_retrieve.py", "test_train.py"]
 
 
 def pytest_collection_modifyitems(config, items):

@@ -11,6 +11,8 @@ import os
 import shutil
 import subprocess
 import sys
+import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -54,6 +56,27 @@ def expected_id(root: Path, name: str, alpha: float) -> float:
     return id_test_acc(root / "results/eval" / ("zeroshot.jsonl" if alpha == 0 else f"{method}/seed0.jsonl"), alpha)
 
 
+@dataclass
+class Repro:
+    stdout: str
+    stage_seconds: dict[str, float]  # from a stage's "Running stage" line to the next one's (or the end)
+
+
+def timed_repro(root: Path, env: dict, *args: str) -> Repro:
+    """`dvc repro`, its output read as it comes to time each stage."""
+    proc = subprocess.Popen(["dvc", "repro", *args], cwd=root, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    lines, starts = [], []
+    for line in proc.stdout:
+        lines.append(line)
+        if line.startswith("Running stage"):
+            starts.append((line.split("'")[1], time.monotonic()))
+    if proc.wait() != 0:
+        raise AssertionError(f"dvc repro failed ({proc.returncode}):\n{''.join(lines)[-3000:]}")
+    ends = [t for _, t in starts[1:]] + [time.monotonic()]
+    return Repro("".join(lines), {name: end - t for (name, t), end in zip(starts, ends)})
+
+
 def stages_run(output: str) -> set[str]:
     return {line.split("'")[1] for line in output.splitlines() if line.startswith("Running stage")}
 
@@ -82,7 +105,7 @@ def project(tmp_path_factory):
     run(["git", "init", "-q"], root, env)
     run(["git", "add", "-A"], root, env)
     run(["git", "commit", "-qm", "init"], root, env)
-    first = run(["dvc", "repro"], root, env)
+    first = timed_repro(root, env)
     run(["git", "add", "-A"], root, env)
     run(["git", "commit", "-qm", "repro"], root, env)
     return root, env, first

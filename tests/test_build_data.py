@@ -285,9 +285,10 @@ def test_same_seed_gives_byte_identical_output(built, assets, tmp_path):
     assert a.keys() == b.keys() and a != b  # another seed, other splits
 
 
-def test_crash_while_writing_leaves_no_complete_benchmark(assets, tmp_path, monkeypatch):
+def test_a_failed_write_keeps_the_previous_run_whole(assets, tmp_path, monkeypatch):
+    """All three folders are replaced together once written: a failure leaves the last run's, and no temp."""
     build_default_data(tmp_path, DataParams(**PARAMS), assets)
-    assert (tmp_path / "benchmark/classes.json").is_file()
+    before = {p.relative_to(tmp_path): p.read_bytes() for p in sorted(tmp_path.rglob("*")) if p.is_file()}
 
     def boom(*args, **kwargs):
         raise RuntimeError("disk full")
@@ -295,9 +296,8 @@ def test_crash_while_writing_leaves_no_complete_benchmark(assets, tmp_path, monk
     monkeypatch.setattr(default_mod, "write_clip_benchmark_set", boom)
     with pytest.raises(RuntimeError, match="disk full"):
         build_default_data(tmp_path, DataParams(**PARAMS), assets)
-    assert not (tmp_path / "benchmark").exists()
-    assert not list(tmp_path.glob(".tmp-*"))  # no half-written folder left behind
-    assert read_shard_info(tmp_path / "corpus").num_samples > 0  # each folder whole or absent
+    after = {p.relative_to(tmp_path): p.read_bytes() for p in sorted(tmp_path.rglob("*")) if p.is_file()}
+    assert after == before and not list(tmp_path.glob(".tmp-*"))
 
 
 def test_leak_check_raises(built, monkeypatch, tmp_path, assets):

@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from pipeline.io.atomic import atomic_dir, atomic_file
+from pipeline.io.atomic import atomic_dir, atomic_dirs, atomic_file
 
 
 @pytest.mark.parametrize("umask, file_mode, dir_mode", [(0o022, 0o644, 0o755), (0o002, 0o664, 0o775), (0o077, 0o600, 0o700)])
@@ -49,3 +49,47 @@ def test_a_failed_write_leaves_the_old_output_and_no_temp(tmp_path):
             f.write("half")
             raise RuntimeError
     assert (tmp_path / "out.json").read_text() == "old" and [p.name for p in tmp_path.iterdir()] == ["out.json"]
+
+
+def old_outputs(tmp_path):
+    for name in ("corpus", "heldout", "benchmark"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "run").write_text("old")
+    return [tmp_path / n for n in ("corpus", "heldout", "benchmark")]
+
+
+def test_a_stages_folders_are_replaced_together_once_all_are_written(tmp_path):
+    paths = old_outputs(tmp_path)
+    with pytest.raises(RuntimeError):
+        with atomic_dirs(*paths) as temps:
+            for t in temps[:2]:
+                (t / "run").write_text("new")
+            raise RuntimeError("the third one failed")
+    assert [(p / "run").read_text() for p in paths] == ["old"] * 3
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["benchmark", "corpus", "heldout"]
+    with atomic_dirs(*paths) as temps:
+        for t in temps:
+            (t / "run").write_text("new")
+    assert [(p / "run").read_text() for p in paths] == ["new"] * 3
+
+
+def test_a_kill_between_the_renames_never_leaves_the_marker_beside_folders_of_another_run(tmp_path, monkeypatch):
+    """The last folder (the stage's record) goes first and comes back last."""
+    import pipeline.io.atomic as atomic
+
+    paths = old_outputs(tmp_path)
+    real_replace, calls = os.replace, []
+
+    def dies_on_second_rename(src, dst):
+        calls.append(dst)
+        if len(calls) == 2:
+            raise KeyboardInterrupt  # stands for the kill
+        real_replace(src, dst)
+
+    monkeypatch.setattr(atomic.os, "replace", dies_on_second_rename)
+    with pytest.raises(KeyboardInterrupt):
+        with atomic_dirs(*paths) as temps:
+            for t in temps:
+                (t / "run").write_text("new")
+    assert (paths[0] / "run").read_text() == "new"  # replaced before the kill
+    assert not paths[1].exists() and not paths[2].exists()  # the one being replaced, and the marker

@@ -15,9 +15,9 @@ and family variants), so near-duplicates never straddle corpus / benchmark or tr
 No benchmark emoji is in the corpus, and no test emoji is in train or val in any style: both are
 checked on the samples actually written, and a violation raises `DataLeakError`.
 
-Outputs under `out_root`: `corpus/`, `corpus_heldout/`, `benchmark/`, each replaced atomically.
-The old `benchmark/` is removed before and the new one written after the corpus folders, so when
-`benchmark/` (with its `build_data.json`, the counts) exists, all three come from one run.
+Outputs under `out_root`: `corpus/`, `corpus_heldout/`, `benchmark/`, replaced together once all three
+are written (`atomic_dirs`): when `benchmark/` (with its `build_data.json`, the counts) exists, all
+three come from one run.
 """
 from __future__ import annotations
 
@@ -25,7 +25,6 @@ import json
 import math
 import os
 import random
-import shutil
 import time
 from collections import Counter, defaultdict
 from dataclasses import asdict, dataclass, field
@@ -43,7 +42,7 @@ from pipeline.data.clipart import (
 from pipeline.data.emoji import SOURCE, STYLES, Emoji, load_emoji, render_emoji
 from pipeline.data.local import LocalDataParams
 from pipeline.data.writing import write_clip_benchmark_set, write_shards_fixed
-from pipeline.io.atomic import atomic_dir, write_json
+from pipeline.io.atomic import atomic_dirs, write_json
 
 SHIFT_STYLES = ("twitter", "openmoji_color", "openmoji_black")
 
@@ -606,17 +605,13 @@ def build_default_data(out_root: Path, params: DataParams, assets: AssetPaths | 
     for key, err in sorted({**emoji_errors, **clip_errors}.items()):
         print(f"[data] skipped {key}: {err}")
 
-    # 5-7. write. benchmark/ goes first and comes back last (with build_data.json in it), so a
-    # crash never leaves a complete-looking benchmark beside a corpus of another run.
+    # 5-7. write. benchmark/ (with build_data.json in it) is the marker: it goes first and comes
+    # back last, so a crash never leaves a complete-looking benchmark beside a corpus of another run.
     t = time.perf_counter()
-    out_root.mkdir(parents=True, exist_ok=True)
-    if (out_root / "benchmark").exists():
-        shutil.rmtree(out_root / "benchmark")
-    with atomic_dir(out_root / "corpus") as tmp:
-        write_shards_fixed(tmp, corpus, SHARD_SIZE)
-    with atomic_dir(out_root / "corpus_heldout") as tmp:
-        write_shards_fixed(tmp, heldout, SHARD_SIZE)
-    with atomic_dir(out_root / "benchmark") as tmp:
+    with atomic_dirs(out_root / "corpus", out_root / "corpus_heldout", out_root / "benchmark") as (
+            corpus_tmp, heldout_tmp, tmp):
+        write_shards_fixed(corpus_tmp, corpus, SHARD_SIZE)
+        write_shards_fixed(heldout_tmp, heldout, SHARD_SIZE)
         write_shards_fixed(tmp / "finetune", bench_sets["finetune"], SHARD_SIZE)
         write_shards_fixed(tmp / "val", bench_sets["val"], SHARD_SIZE)
         for name in EVAL_SETS:

@@ -31,7 +31,7 @@ from pipeline.config import ParamsError
 from pipeline.data.layouts import LabelledSet, LayoutError, in_val_split, read_layout
 from pipeline.data.templates import template_set
 from pipeline.data.writing import write_clip_benchmark_set
-from pipeline.io.atomic import atomic_dir, write_json
+from pipeline.io.atomic import atomic_dirs, write_json
 from pipeline.io.shards import SkipCounter, decode_image, write_shards
 
 log = logging.getLogger(__name__)
@@ -226,19 +226,20 @@ def import_local_data(out_root: Path, params: LocalDataParams) -> dict:
     skips = SkipCounter()
     counts: dict[str, Any] = {"source": "local"}
     out_root = Path(out_root)
-    with atomic_dir(out_root / "corpus") as tmp:
+    # benchmark/ (with build_data.json) is the marker: replaced last, so it never sits beside corpus
+    # folders of another run
+    with atomic_dirs(out_root / "corpus", out_root / "corpus_heldout", out_root / "benchmark") as (
+            corpus_tmp, heldout_tmp, tmp):
         manifest = dict(list(shards.items())[:-1]) if params.heldout_pairs else shards
-        (tmp / "sizes.json").write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n")
+        (corpus_tmp / "sizes.json").write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n")
         counts["corpus"] = {"shards": len(manifest), "pairs": sum(manifest.values()),
                             "folder": str(corpus_dir.resolve()) if corpus_dir else None}
-    with atomic_dir(out_root / "corpus_heldout") as tmp:
         held = _heldout_pairs(list(shards)[-1], params.heldout_pairs, skips) if params.heldout_pairs and shards else []
-        write_shards(tmp, held, params.max_per_shard)
+        write_shards(heldout_tmp, held, params.max_per_shard)
         counts["corpus_heldout"] = len(held)
         if shards and len(held) < params.heldout_pairs:
             warnings.append(f"build_data.local.heldout_pairs: {params.heldout_pairs} asked, {len(held)} held out: "
                             f"the last corpus shard ({Path(list(shards)[-1]).name}), where they come from, holds no more")
-    with atomic_dir(out_root / "benchmark") as tmp:
         frac, seed = params.val_fraction, params.seed
         per_class = {"train": Counter(), "val": Counter()}
         check = params.check_images

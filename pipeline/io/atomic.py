@@ -50,7 +50,28 @@ def _alive(pid: int) -> bool:
 def atomic_dir(path: str | os.PathLike):
     """Yield a fresh temp folder that replaces `path` when the block exits without error. The folder
     gets the permissions the user's umask gives (mkdtemp's are 0700: unreadable to a lab's group)."""
-    path = Path(path)
+    with atomic_dirs(path) as (tmp,):
+        yield tmp
+
+
+@contextlib.contextmanager
+def atomic_dirs(*paths: str | os.PathLike):
+    """`atomic_dir` for the several output folders of one stage: yields their temp folders, and only
+    when all are complete replaces the old folders. The last path is the stage's marker (the folder
+    holding its record): it is removed first and comes back last, so whenever it exists the others
+    are of the same run, even after a kill between two renames."""
+    paths = [Path(p) for p in paths]
+    with contextlib.ExitStack() as stack:
+        temps = [stack.enter_context(_temp_dir(p)) for p in paths]
+        yield temps
+        _replace_with(paths[-1], None)
+        for path, tmp in zip(paths[:-1], temps[:-1]):
+            _replace_with(path, tmp)
+        _replace_with(paths[-1], temps[-1])
+
+
+@contextlib.contextmanager
+def _temp_dir(path: Path):
     path.parent.mkdir(parents=True, exist_ok=True)
     _remove_dead_writers_temps(path)
     tmp = Path(tempfile.mkdtemp(prefix=_temp_prefix(path), dir=path.parent))
@@ -60,11 +81,15 @@ def atomic_dir(path: str | os.PathLike):
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def _replace_with(path: Path, tmp: Path | None) -> None:
     if path.is_dir() and not path.is_symlink():
         shutil.rmtree(path)
     elif path.exists() or path.is_symlink():
         path.unlink()
-    os.replace(tmp, path)
+    if tmp is not None:
+        os.replace(tmp, path)
 
 
 @contextlib.contextmanager

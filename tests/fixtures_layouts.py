@@ -209,3 +209,33 @@ def make_all(root: Path) -> dict[str, Path]:
         "csv": make_csv(root, [imagenet_classnames()[i] for i in FINETUNE_IDX]),
         "corpus": make_img2dataset_corpus(root),
     }
+
+
+def hostile_shard(path: Path, kind: str) -> str | None:
+    """A corpus shard as a hostile or careless source might send it; returns the member the error names."""
+    import gzip
+
+    def add(tar, name, data=b"x", **attrs):
+        info = tarfile.TarInfo(name)
+        info.size = len(data)
+        for k, v in attrs.items():
+            setattr(info, k, v)
+        tar.addfile(info, io.BytesIO(data) if info.isfile() else None)
+
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        add(tar, "000000000.txt", b"a caption")
+        if kind == "symlink":
+            add(tar, "000000001.jpg", b"", type=tarfile.SYMTYPE, linkname="/etc/passwd", size=0)
+        elif kind == "device":
+            add(tar, "000000001.jpg", b"", type=tarfile.CHRTYPE, size=0)
+        elif kind == "traversal":
+            add(tar, "../../000000001.jpg", jpeg(1))
+        elif kind == "oversized":
+            add(tar, "000000001.jpg", b"\0" * (2 * 2 ** 20 + 1))
+        else:
+            add(tar, "000000001.jpg", jpeg(1))
+    data = buf.getvalue()
+    path.write_bytes(gzip.compress(data) if kind == "gzip" else data)
+    return {"symlink": "000000001.jpg", "device": "000000001.jpg", "traversal": "../../000000001.jpg",
+            "oversized": "000000001.jpg"}.get(kind)

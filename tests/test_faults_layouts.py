@@ -1,7 +1,7 @@
 """Hostile and careless dataset folders: a label outside the classes or a key two images share makes
 a set unusable, and the import refuses it with one line naming the sample, whatever the layout."""
 import pytest
-from fixtures_layouts import _tar, jpeg, make_clip_benchmark_wds
+from fixtures_layouts import _tar, hostile_shard, jpeg, make_clip_benchmark_wds
 
 from pipeline.data.layouts import LayoutError, read_layout
 from pipeline.data.local import _samples
@@ -123,38 +123,6 @@ def test_an_eval_set_written_by_hand_with_a_label_out_of_range_is_refused_when_r
     assert str(err.value) == f"{tmp_path / 'test'}: sample s2: label -1 is not one of the 2 classes of shift_x (1 such sample(s))"
 
 
-def _hostile_shard(path, kind):
-    """A corpus shard as a hostile or careless source might send it; returns the member the error names."""
-    import gzip
-    import io
-    import tarfile
-
-    def add(tar, name, data=b"x", **attrs):
-        info = tarfile.TarInfo(name)
-        info.size = len(data)
-        for k, v in attrs.items():
-            setattr(info, k, v)
-        tar.addfile(info, io.BytesIO(data) if info.isfile() else None)
-
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w") as tar:
-        add(tar, "000000000.txt", b"a caption")
-        if kind == "symlink":
-            add(tar, "000000001.jpg", b"", type=tarfile.SYMTYPE, linkname="/etc/passwd", size=0)
-        elif kind == "device":
-            add(tar, "000000001.jpg", b"", type=tarfile.CHRTYPE, size=0)
-        elif kind == "traversal":
-            add(tar, "../../000000001.jpg", jpeg(1))
-        elif kind == "oversized":
-            add(tar, "000000001.jpg", b"\0" * (2 * 2 ** 20 + 1))
-        else:
-            add(tar, "000000001.jpg", jpeg(1))
-    data = buf.getvalue()
-    path.write_bytes(gzip.compress(data) if kind == "gzip" else data)
-    return {"symlink": "000000001.jpg", "device": "000000001.jpg", "traversal": "../../000000001.jpg",
-            "oversized": "000000001.jpg"}.get(kind)
-
-
 @pytest.mark.parametrize("kind", ["gzip", "symlink", "device", "traversal", "oversized"])
 def test_a_hostile_corpus_shard_is_refused_before_anything_is_written(tmp_path, kind):
     """Corpus tars come from elsewhere: a gzip "tar" (0.4 MB that became 400 MB in memory), links and
@@ -167,7 +135,7 @@ def test_a_hostile_corpus_shard_is_refused_before_anything_is_written(tmp_path, 
     (tmp_path / "mine/train/a").mkdir(parents=True)
     (tmp_path / "mine/train/a/x.jpg").write_bytes(jpeg(0))
     bad = corpus / "00000.tar"
-    member = _hostile_shard(bad, kind)
+    member = hostile_shard(bad, kind)
     params = LocalDataParams(root=str(tmp_path / "mine"), finetune={"layout": "folder", "path": "train"},
                              corpus="cc3m", heldout_pairs=1, max_member_mb=2)
     with pytest.raises(LayoutError) as err:
@@ -186,5 +154,5 @@ def test_a_hostile_corpus_shard_is_refused_before_anything_is_written(tmp_path, 
 def test_a_plain_corpus_shard_passes_the_check_and_is_counted(tmp_path):
     from pipeline.data.local import corpus_shards
 
-    _hostile_shard(tmp_path / "00000.tar", "plain")  # two keys: 000000000 (.txt) and 000000001 (.jpg)
+    hostile_shard(tmp_path / "00000.tar", "plain")  # two keys: 000000000 (.txt) and 000000001 (.jpg)
     assert corpus_shards(tmp_path, max_member_mb=1) == {str((tmp_path / "00000.tar").resolve()): 2}

@@ -196,6 +196,10 @@ def create_model(spec: str | ModelSpec, device: str = "cpu") -> LoadedModel:
     try:
         model, _, preprocess = open_clip.create_model_and_transforms(
             spec.name, pretrained=spec.pretrained, device=device, **kwargs)
+    except (pickle.UnpicklingError, RuntimeError) as e:
+        if spec.is_local_checkpoint:  # the file is the input: open_clip reads it with weights_only too
+            raise _unreadable_checkpoint(spec.pretrained, e) from None
+        raise
     except Exception as e:
         if spec.pretrained and not spec.is_local_checkpoint and _looks_offline(e):
             raise ModelNotAvailable(
@@ -353,10 +357,15 @@ def load_tensors(path: str | os.PathLike):
     included, is refused with one line naming the file (torch's own refusal is a page of advice)."""
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        raise ValueError(f"{path}: refused: holds objects other than tensors ({str(e).splitlines()[-1].strip()[:160]})") from None
-    except RuntimeError as e:  # torch's zip reader on a truncated or foreign file
-        raise ValueError(f"{path}: not a readable torch checkpoint ({str(e).splitlines()[0][:160]})") from None
+    except (pickle.UnpicklingError, RuntimeError) as e:
+        raise _unreadable_checkpoint(path, e) from None
+
+
+def _unreadable_checkpoint(path, e: Exception) -> ValueError:
+    if isinstance(e, pickle.UnpicklingError):
+        return ValueError(f"{path}: refused: holds objects other than tensors ({str(e).splitlines()[-1].strip()[:160]})")
+    # torch's zip reader on a truncated or foreign file, or weights of another architecture
+    return ValueError(f"{path}: not a readable torch checkpoint ({str(e).splitlines()[0][:160]})")
 
 
 def model_file(model_dir: str | os.PathLike, meta: dict, key: str) -> Path:

@@ -251,8 +251,10 @@ def import_local_data(out_root: Path, params: LocalDataParams) -> dict:
                            params.max_per_shard)
         counts["benchmark"] = {"finetune": info.num_samples, "val": val.num_samples}
         if info.num_samples == 0 or val.num_samples == 0:
+            unreadable = f" ({skips.report('unreadable images')})" if skips.skipped else ""
             raise LayoutError(f"{finetune.root}: the finetune set gave {info.num_samples} train and {val.num_samples} "
-                              f"val samples with build_data.local.val_fraction {frac}; change it so both are non-empty")
+                              f"val samples with build_data.local.val_fraction {frac}{unreadable}; change it so both "
+                              f"are non-empty")
         for split, labels in per_class.items():
             absent = [c for i, c in enumerate(finetune.classnames) if not labels[i]]
             if absent:

@@ -434,6 +434,25 @@ def test_retrieve_rejects_mismatched_prompts(built):
         retrieve_anchors(built["index"], bad, 2, target="caption")
 
 
+def test_an_index_file_that_faiss_cannot_read_is_named_in_one_line(built, tmp_path):
+    """A corpus index can arrive from a lab's DVC remote: a truncated or foreign file is named, not a
+    page of faiss's C++ context. In `arf serve` (clip_back's loader) as in retrieval."""
+    import shutil
+
+    from pipeline.io.clip_retrieval import all_clip_uses_our_models
+    from pipeline.io.serve import load_index
+
+    index = tmp_path / "index"
+    shutil.copytree(built["index"], index)
+    (index / "image.index").write_bytes((index / "image.index").read_bytes()[:100])
+    with pytest.raises(ValueError) as err:
+        retrieve_anchors(index, write_prompts_npz(tmp_path / "p.npz", np.eye(2, 16), ["a", "b"]), 2)
+    assert str(err.value).startswith(f"{index / 'image.index'}: not a readable faiss index (") and "\n" not in str(err.value)
+    with pytest.raises(ValueError) as err, all_clip_uses_our_models():
+        load_index(index, built["spec"])
+    assert str(err.value).startswith(f"{index}: an index file is not a readable faiss index (") and "\n" not in str(err.value)
+
+
 # ------------------------------------------------------------------------------------------ params
 def test_params_k_zero_is_a_one_line_error(tmp_path):
     p = tmp_path / "params.yaml"

@@ -19,6 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import quote
 
+from pipeline.core.errors import ModelNotAvailable
 from pipeline.io.clip_retrieval import ALL_CLIP_PREFIX, all_clip_uses_our_models
 from pipeline.io.embeddings import iter_metadata_column, metadata_row_counts
 from pipeline.io.shards import IMAGE_EXTS, decode_image, read_shard_info, wds_key
@@ -124,10 +125,16 @@ def load_index(index_dir: str | os.PathLike, model_spec: str):
     for name in ("image.index", "text.index", "metadata"):
         if not (index_dir / name).exists():
             raise FileNotFoundError(f"{index_dir / name}: missing; expected the retrieve stage's index folder")
-    resource = load_clip_index(ClipOptions(
-        indice_folder=str(index_dir), clip_model=ALL_CLIP_PREFIX + model_spec,
-        columns_to_return=None,  # the parquet provider reads None as every column
-        **OFFLINE_CLIP_OPTIONS))
+    try:
+        resource = load_clip_index(ClipOptions(
+            indice_folder=str(index_dir), clip_model=ALL_CLIP_PREFIX + model_spec,
+            columns_to_return=None,  # the parquet provider reads None as every column
+            **OFFLINE_CLIP_OPTIONS))
+    except RuntimeError as e:  # faiss's reader on a truncated or foreign index file
+        if isinstance(e, ModelNotAvailable):
+            raise
+        raise ValueError(f"{index_dir}: an index file is not a readable faiss index "
+                         f"({str(e).strip().splitlines()[-1][:160]})") from None
     n_meta = sum(metadata_row_counts(index_dir))
     for name, index in (("image", resource.image_index), ("text", resource.text_index)):
         if index.ntotal != n_meta:

@@ -213,10 +213,14 @@ def retrieve_anchors(
     if not isinstance(k_per_class, int) or k_per_class <= 0:
         raise ValueError(f"k_per_class must be a positive integer, got {k_per_class!r}")
     index_dir = Path(index_dir)
-    index = faiss.read_index(str(index_dir / f"{target}.index"))
+    try:
+        index = faiss.read_index(str(index_dir / f"{target}.index"))
+    except RuntimeError as e:  # faiss's reader on a missing, truncated or foreign file: a page of C++ context
+        raise ValueError(f"{index_dir / f'{target}.index'}: not a readable faiss index "
+                         f"({str(e).strip().splitlines()[-1][:160]})") from None
     n_meta = sum(metadata_row_counts(index_dir))
     if n_meta != index.ntotal:
-        raise RuntimeError(f"{index_dir}: {target}.index has {index.ntotal} vectors but metadata {n_meta} rows")
+        raise ValueError(f"{index_dir}: {target}.index has {index.ntotal} vectors but metadata {n_meta} rows")
     queries, classnames = load_prompts(prompts_npz)
     if queries.shape[1] != index.d:
         raise ValueError(f"{prompts_npz}: embedding dim {queries.shape[1]} != index dim {index.d} "

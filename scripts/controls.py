@@ -127,6 +127,37 @@ def tables(styles: list[str], summaries: dict[str, dict], prefix: str = PREFIX) 
     return head + "\n".join(summary) + "\n\n" + "\n".join(lines) + note, {"seeds": seeds, "styles": record}
 
 
+def plot(record: dict, path: Path) -> None:
+    """Per held-out style: shift and zero-shot accuracy on it of the base, FT, FLYP and ARF in the three
+    settings side by side (the full corpus is the main runs' setting), error bars = std over seeds."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    styles = list(record["styles"])
+    methods = ("zeroshot", "ft", "flyp", "arf")
+    fig, axes = plt.subplots(2, len(styles), figsize=(4.2 * len(styles), 6.4), squeeze=False, sharey="row")
+    for col, s in enumerate(styles):
+        settings = list(record["styles"][s])
+        for row, key in enumerate(("shift", "zeroshot")):
+            ax = axes[row][col]
+            for i, method in enumerate(methods):
+                cells = [record["styles"][s][label].get(method, {}).get(key) for label in settings]
+                xs = [j + (i - 1.5) * 0.2 for j, c in enumerate(cells) if c]
+                ax.bar(xs, [c["mean"] for c in cells if c], 0.2, yerr=[c["std"] for c in cells if c],
+                       label="base" if method == "zeroshot" else method.upper(), capsize=2)
+            ax.set_xticks(range(len(settings)), [lab.split(" (")[0].replace(f" {s}", "") for lab in settings], fontsize=8)
+            ax.set_title(f"{key.replace('zeroshot', 'zero-shot')} {s}", fontsize=9)
+            if col == 0:
+                ax.set_ylabel("top-1 (%)")
+    axes[0][0].legend(fontsize=8)
+    fig.suptitle(f"Style held out of the corpus: accuracy on that style (seeds {record['seeds']})", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seeds", default="0", help="comma-separated training seeds per experiment")
@@ -144,6 +175,8 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     write_atomic(args.out / "controls.md", text)
     write_atomic(args.out / "controls.json", json.dumps(record, indent=1) + "\n")
+    if record["styles"]:
+        plot(record, args.out / "controls.png")
     print(text)
 
 

@@ -32,7 +32,8 @@ ABLATIONS = {
     "captioner": ("caption.backend", ["classname"]),
 }
 PREFIX = "abl"
-COLUMNS = [("id_val", "ID val"), ("id", "ID test"), ("shift", "shift avg"), ("zs", "zs avg"), ("zs_ret", "zs retention %")]
+COLUMNS = [("id_val", "ID val"), ("id", "ID test"), ("shift_avg", "shift avg"), ("zeroshot_avg", "zs avg"),
+           ("zeroshot_retention", "zs retention %"), ("i2t_r1", "corpus i2t R@1"), ("t2i_r1", "corpus t2i R@1")]
 
 
 def dvc(*args: str) -> str:
@@ -95,21 +96,30 @@ def finished_experiments() -> dict[str, dict]:
     return found
 
 
+def summary_of(rev: str) -> dict:
+    """results/summary_full.json as an experiment's commit holds it (mean and std per metric)."""
+    shown = subprocess.run(["git", "show", f"{rev}:results/summary_full.json"], capture_output=True, text=True)
+    if shown.returncode != 0:
+        sys.exit(f"error: {rev}: no results/summary_full.json ({shown.stderr.strip()})")
+    return json.loads(shown.stdout)
+
+
 def table(runs: list[tuple[str, list[str]]], found: dict[str, dict]) -> str:
     lines = ["| setting | " + " | ".join(c for _, c in COLUMNS) + " |", "|---|" + "---|" * len(COLUMNS)]
     missing, seeds = [], None
     for name, overrides in runs:
-        exp = found.get(name)
-        if exp is None or not exp["metrics"]:
+        if name not in found:
             missing.append(name)
             continue
-        row = exp["metrics"]["arf"]
-        seeds = exp["params"].get("report", {}).get("seeds", seeds)
+        summary = summary_of(found[name]["rev"])
+        row, seeds = summary["methods"]["arf"], summary["seeds"]
+        cell = (lambda c: f"{c['mean']:.1f} ± {c['std']:.1f}") if len(seeds) > 1 else (lambda c: f"{c['mean']:.1f}")
         label = ", ".join(overrides) or "defaults (params.yaml)"
-        lines.append(f"| {label} | " + " | ".join(f"{row[k]:.1f}" if k in row else "–" for k, _ in COLUMNS) + " |")
+        lines.append(f"| {label} | " + " | ".join(cell(row[k]) if k in row else "–" for k, _ in COLUMNS) + " |")
     note = (f"\n\nNot run yet: {', '.join(missing)}." if missing else "")
-    return ("ARF ablations: one knob changed per row against params.yaml, ARF only, alpha = 1, mean over seeds "
-            f"{seeds}. Choose a setting by ID val only.\n\n" + "\n".join(lines) + note + "\n")
+    return ("ARF ablations: one knob changed per row against params.yaml, ARF only, alpha = 1, mean"
+            f"{' ± sample std' if seeds and len(seeds) > 1 else ''} over seeds {seeds}. Choose a setting by ID val "
+            "only.\n\n" + "\n".join(lines) + note + "\n")
 
 
 def main() -> None:

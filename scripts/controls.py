@@ -28,11 +28,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
-import sys
 from pathlib import Path
 
-from ablate import dvc, finished_experiments, write_atomic
+from ablate import dvc, finished_experiments, summary_of, write_atomic
 
 from pipeline.data.default import SHIFT_STYLES
 from pipeline.data.emoji import STYLES
@@ -61,13 +59,6 @@ def queue_and_run(runs, seeds: list[int]) -> None:
         dvc(*args)
         print(f"queued {name}: {' '.join(overrides) or '(reference)'}")
     dvc("exp", "run", "--run-all", "--jobs", "1")
-
-
-def summary_of(rev: str) -> dict:
-    shown = subprocess.run(["git", "show", f"{rev}:results/summary_full.json"], capture_output=True, text=True)
-    if shown.returncode != 0:
-        sys.exit(f"error: {rev}: no results/summary_full.json ({shown.stderr.strip()})")
-    return json.loads(shown.stdout)
 
 
 def cell(summary: dict, method: str, metric: str) -> dict | None:

@@ -2,7 +2,8 @@
 
     python scripts/ablate.py                  # queue, run, then write results/ablations.md
     python scripts/ablate.py --table-only     # only (re)write the table from experiments already run
-    python scripts/ablate.py --only k=32 captioner --seeds 0,1,2 --prefix abl3 --out results/ablations_3seeds.md
+    python scripts/ablate.py --only k=32 captioner --seeds 0,1,2 --prefix abl3 \
+        --defaults-from results/three_seeds/summary_full.json --out results/ablations_3seeds.md
     dvc exp remove $(dvc exp ls --name-only | grep ^abl-)   # before re-running: names are reused
 
 One experiment per setting: a single knob changed against the committed params.yaml (queued with
@@ -104,17 +105,19 @@ def summary_of(rev: str) -> dict:
     return json.loads(shown.stdout)
 
 
-def table(runs: list[tuple[str, list[str]]], found: dict[str, dict]) -> str:
+def table(runs: list[tuple[str, list[str]]], found: dict[str, dict], defaults: Path | None = None) -> str:
     lines = ["| setting | " + " | ".join(c for _, c in COLUMNS) + " |", "|---|" + "---|" * len(COLUMNS)]
     missing, seeds = [], None
     for name, overrides in runs:
-        if name not in found:
+        if not overrides and defaults is not None:
+            summary, label = json.loads(defaults.read_text()), f"defaults (params.yaml; the run in {defaults})"
+        elif name in found:
+            summary, label = summary_of(found[name]["rev"]), ", ".join(overrides) or "defaults (params.yaml)"
+        else:
             missing.append(name)
             continue
-        summary = summary_of(found[name]["rev"])
         row, seeds = summary["methods"]["arf"], summary["seeds"]
         cell = (lambda c: f"{c['mean']:.1f} ± {c['std']:.1f}") if len(seeds) > 1 else (lambda c: f"{c['mean']:.1f}")
-        label = ", ".join(overrides) or "defaults (params.yaml)"
         lines.append(f"| {label} | " + " | ".join(cell(row[k]) if k in row else "–" for k, _ in COLUMNS) + " |")
     note = (f"\n\nNot run yet: {', '.join(missing)}." if missing else "")
     return ("ARF ablations: one knob changed per row against params.yaml, ARF only, alpha = 1, mean"
@@ -128,13 +131,20 @@ def main() -> None:
     ap.add_argument("--only", nargs="*", choices=sorted(ABLATIONS) + [f"{n}={v}" for n, (_, vs) in ABLATIONS.items() for v in vs],
                     help="a subset of the knobs (k) or of their settings (k=32)")
     ap.add_argument("--prefix", default=PREFIX, help="experiment names' prefix (another seed set: another prefix)")
+    ap.add_argument("--defaults-from", type=Path, help="the defaults row from this summary_full.json (a run of ARF "
+                    "with params.yaml and the same seeds, e.g. results/three_seeds/summary_full.json), not an experiment")
     ap.add_argument("--table-only", action="store_true")
     ap.add_argument("--out", type=Path, default=Path("results/ablations.md"))
     args = ap.parse_args()
     runs = settings(args.only, args.prefix)
+    seeds = [int(s) for s in args.seeds.split(",")]
+    if args.defaults_from is not None:
+        ran = json.loads(args.defaults_from.read_text())["seeds"]
+        if ran != seeds:
+            sys.exit(f"error: {args.defaults_from}: seeds {ran}, not --seeds {seeds}")
     if not args.table_only:
-        queue_and_run(runs, [int(s) for s in args.seeds.split(",")])
-    text = table(runs, finished_experiments())
+        queue_and_run([r for r in runs if r[1] or args.defaults_from is None], seeds)
+    text = table(runs, finished_experiments(), args.defaults_from)
     write_atomic(args.out, text)
     print(text)
 

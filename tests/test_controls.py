@@ -102,3 +102,21 @@ def test_only_finished_experiments_are_read(monkeypatch):
                  entry("ctl-queued", "ccc", "queued"), entry("ctl-failed", "ddd", "failed")]}]
     monkeypatch.setattr(ablate, "dvc", lambda *args: json.dumps(shown))
     assert {name: e["rev"] for name, e in ablate.finished_experiments().items()} == {"ctl-done": "aaa"}
+
+
+def test_ablation_settings_by_knob_or_value_and_the_defaults_row_from_a_finished_run(tmp_path, monkeypatch):
+    runs = ablate.settings(["k=32", "captioner"], "abl3")
+    assert runs == [("abl3-default", []), ("abl3-k-32", ["retrieve.k_per_class=32"]),
+                    ("abl3-captioner-classname", ["caption.backend=classname"])]
+    cell = lambda m, s: {"mean": m, "std": s}  # noqa: E731
+    keys = [k for k, _ in ablate.COLUMNS]
+    main = {"seeds": [0, 1, 2], "methods": {"arf": {k: cell(40.0 + i, 1.0) for i, k in enumerate(keys)}}}
+    (tmp_path / "summary_full.json").write_text(json.dumps(main))
+    k32 = {"seeds": [0, 1, 2], "methods": {"arf": {k: cell(50.0, 0.5) for k in keys}}}
+    monkeypatch.setattr(ablate, "summary_of", lambda rev: {"rev-k32": k32}[rev])
+    text = ablate.table(runs, {"abl3-k-32": {"rev": "rev-k32"}}, tmp_path / "summary_full.json")
+    rows = [line for line in text.splitlines() if line.startswith("| ") and not line.startswith("| setting")]
+    assert rows[0] == f"| defaults (params.yaml; the run in {tmp_path / 'summary_full.json'}) | " + \
+        " | ".join(f"{40 + i:.1f} ± 1.0" for i in range(len(keys))) + " |"
+    assert rows[1] == "| retrieve.k_per_class=32 | " + " | ".join(["50.0 ± 0.5"] * len(keys)) + " |"
+    assert text.endswith("Not run yet: abl3-captioner-classname.\n") and "mean ± sample std over seeds [0, 1, 2]" in text

@@ -3,8 +3,8 @@
 The tiny project of test_dvc_workflows is built by a plain `dvc repro` that times each stage. On a copy
 of it, per stage, a forced run of that stage alone is killed (SIGKILL to its whole process group: DVC,
 the stage, clip-retrieval's and Spark's children) at a random moment inside it, and a plain `dvc repro`
-follows. Every output DVC records (cached or not) must hash as in the uninterrupted build, and
-`dvc status` must be clean. The kill moments come from a fixed seed, so a failure replays.
+follows and must succeed, and every output DVC records (cached or not) must then hash as in the
+uninterrupted build. The kill moments come from a fixed seed, so a failure replays.
 
 One failure is DVC's, not a stage's: DVC rewrites dvc.lock in place when a stage ends, so a kill in
 those milliseconds leaves it truncated. DVC then refuses it with "'./dvc.lock' validation failed" and
@@ -74,8 +74,6 @@ def test_kill_9_at_a_random_point_of_every_stage_then_repro_gives_the_uninterrup
         assert rerun.returncode == 0, f"{where}: rerun failed\n{rerun.stdout[-2000:]}{rerun.stderr[-2000:]}"
         changed = sorted(k for k, v in recorded_outputs(work).items() if reference.get(k) != v)
         assert not changed, f"{where}: outputs differ from the uninterrupted run: {changed}"
-        status = run(["dvc", "status", "--quiet"], work, env, check=False)
-        assert status.returncode == 0, f"{where}: dvc status not clean:\n{status.stdout}"
     print({s: round(t, 1) for s, t in first.stage_seconds.items()}, killed, "truncated dvc.lock:", truncated_lock)
     assert sum(killed.values()) >= len(killed) - 2, f"most kills must land while the stage runs: {killed}"
 

@@ -409,6 +409,37 @@ def test_the_retrieve_stage_applies_exclude_from_params_and_records_it(built, pr
     assert keys and style not in set(meta.set_index("image_path").loc[keys, "style"])
 
 
+def test_the_retrieve_stage_replaces_index_and_anchors_together(built, prompts, tmp_path, monkeypatch):
+    """A failure after the new index is built leaves the previous index and anchors as they were, byte
+    for byte, and no temp folder: never a new index beside anchors retrieved from the old one."""
+    import yaml
+
+    import pipeline.stages.retrieve as stage
+    from pipeline.cli import run as arf
+
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params["retrieve"].update(k_per_class=2)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    args = ["retrieve", "--emb", str(built["emb"]), "--prompts", str(prompts), "--index", str(tmp_path / "index"),
+            "--out", str(tmp_path / "anchors"), "--params", str(tmp_path / "params.yaml")]
+    with pytest.raises(SystemExit):
+        arf(args)
+    before = {p: p.read_bytes() for p in sorted(tmp_path.rglob("*")) if p.is_file()}
+
+    def fails(*a, **k):
+        raise ValueError("disk full")
+
+    monkeypatch.setattr(stage, "write_anchors", fails)
+    params["retrieve"].update(index_key="HNSW8")  # another index: the failed run's differs from the first's
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    before[tmp_path / "params.yaml"] = (tmp_path / "params.yaml").read_bytes()
+    with pytest.raises(SystemExit) as failed:
+        arf(args)
+    assert failed.value.code == 1
+    assert {p: p.read_bytes() for p in sorted(tmp_path.rglob("*")) if p.is_file()} == before
+    assert not list(tmp_path.glob(".tmp-*"))
+
+
 def test_write_anchors_jsonl(built, prompts):
     records = retrieve_anchors(built["index"], prompts, 3)
     path = built["tmp"] / "anchors" / "anchors.jsonl"

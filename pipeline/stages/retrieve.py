@@ -23,7 +23,7 @@ import numpy as np
 import typer
 
 from pipeline.config import ParamsError, register_params
-from pipeline.io.atomic import atomic_dir, write_json
+from pipeline.io.atomic import atomic_dir, atomic_dirs, write_json
 from pipeline.io.embeddings import (
     EMB_SUBDIR,
     TARGETS,
@@ -274,17 +274,20 @@ def command(emb: Path = typer.Option(..., help="clip-retrieval embeddings folder
     """Index the corpus embeddings (autofaiss) and retrieve the top-k corpus pairs per class."""
     p, t = cmd.section(params, "retrieve"), time.time()
     _, classnames = load_prompts(prompts)
-    index_report = build_index(emb, index, index_key=p.index_key, flat_below=p.flat_below,
-                               max_index_memory_usage=p.max_index_memory_usage,
-                               current_memory_available=p.current_memory_available)
-    records = retrieve_anchors(index, prompts, p.k_per_class, target=p.target, dedup=p.dedup, exclude=p.exclude)
-    write_anchors(records, out / "anchors.jsonl")
-    stats = anchor_stats(records, classnames)
-    write_json(out / "stats.json", {"k_per_class": p.k_per_class, "target": p.target, "dedup": p.dedup,
-                                    **({"exclude": p.exclude, "excluded_pairs": int(excluded_rows(
-                                        index, index_report["image"]["vectors"], p.exclude).sum())}
-                                       if p.exclude else {}),
-                                    "anchors": len(records), "classes": stats})
+    # the index and the anchors retrieved from it appear together: the anchors folder, the marker, last
+    with atomic_dirs(index, out) as (index_tmp, out_tmp):
+        index_report = build_index(emb, index_tmp, index_key=p.index_key, flat_below=p.flat_below,
+                                   max_index_memory_usage=p.max_index_memory_usage,
+                                   current_memory_available=p.current_memory_available)
+        records = retrieve_anchors(index_tmp, prompts, p.k_per_class, target=p.target, dedup=p.dedup,
+                                   exclude=p.exclude)
+        write_anchors(records, out_tmp / "anchors.jsonl")
+        stats = anchor_stats(records, classnames)
+        write_json(out_tmp / "stats.json", {"k_per_class": p.k_per_class, "target": p.target, "dedup": p.dedup,
+                                            **({"exclude": p.exclude, "excluded_pairs": int(excluded_rows(
+                                                index_tmp, index_report["image"]["vectors"], p.exclude).sum())}
+                                               if p.exclude else {}),
+                                            "anchors": len(records), "classes": stats})
     typer.echo(format_anchor_report(stats, p.k_per_class))
     cmd.report("retrieve", t, {"anchors": len(records), **{f"{k}_index": f"{r['index_key']} ({r['chosen_by']})"
                                                            for k, r in index_report.items()

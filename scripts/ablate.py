@@ -60,8 +60,12 @@ def settings(only: list[str] | None, prefix: str = PREFIX) -> list[tuple[str, li
     return out
 
 
-def queue_and_run(runs: list[tuple[str, list[str]]], seeds: list[int]) -> None:
-    common = ["report.methods=[arf]", f"report.seeds=[{','.join(map(str, seeds))}]", "evaluate.wise_alphas=[1.0]"]
+def seeds_override(seeds) -> str:
+    return f"report.seeds=[{','.join(map(str, seeds))}]"
+
+
+def queue_and_run(runs: list[tuple[str, list[str]]], common: list[str]) -> None:
+    """Queue one DVC experiment per (name, overrides), each with the `common` overrides too, and run them."""
     for name, overrides in runs:
         args = ["exp", "run", "--queue", "-n", name]
         for o in common + overrides:
@@ -143,7 +147,8 @@ def main() -> None:
         if ran != seeds:
             sys.exit(f"error: {args.defaults_from}: seeds {ran}, not --seeds {seeds}")
     if not args.table_only:
-        queue_and_run([r for r in runs if r[1] or args.defaults_from is None], seeds)
+        queue_and_run([r for r in runs if r[1] or args.defaults_from is None],
+                      ["report.methods=[arf]", seeds_override(seeds), "evaluate.wise_alphas=[1.0]"])
     text = table(runs, finished_experiments(), args.defaults_from)
     write_atomic(args.out, text)
     print(text)

@@ -30,7 +30,7 @@ import argparse
 import json
 from pathlib import Path
 
-from ablate import dvc, finished_experiments, summary_of, write_atomic
+from ablate import finished_experiments, queue_and_run, seeds_override, summary_of, write_atomic
 
 from pipeline.data.default import SHIFT_STYLES
 from pipeline.data.emoji import STYLES
@@ -48,17 +48,6 @@ def settings(styles: list[str], prefix: str = PREFIX) -> list[tuple[str, list[st
         out.append((f"{prefix}-anchors-without-{s}", [f"+retrieve.exclude.style=[{s}]"], ("arf",)))
         out.append((f"{prefix}-corpus-without-{s}", [f"build_data.corpus_styles=[{kept}]"], ALL_METHODS))
     return out
-
-
-def queue_and_run(runs, seeds: list[int]) -> None:
-    common = [f"report.seeds=[{','.join(map(str, seeds))}]", "evaluate.wise_alphas=[1.0]"]
-    for name, overrides, methods in runs:
-        args = ["exp", "run", "--queue", "-n", name]
-        for o in common + [f"report.methods=[{','.join(methods)}]"] + overrides:
-            args += ["-S", o]
-        dvc(*args)
-        print(f"queued {name}: {' '.join(overrides) or '(reference)'}")
-    dvc("exp", "run", "--run-all", "--jobs", "1")
 
 
 def cell(summary: dict, method: str, metric: str) -> dict | None:
@@ -159,7 +148,9 @@ def main() -> None:
     args = ap.parse_args()
     runs = settings(args.styles, args.prefix)
     if not args.table_only:
-        queue_and_run(runs, [int(s) for s in args.seeds.split(",")])
+        seeds = [int(s) for s in args.seeds.split(",")]
+        queue_and_run([(name, [f"report.methods=[{','.join(methods)}]", *overrides]) for name, overrides, methods in runs],
+                      [seeds_override(seeds), "evaluate.wise_alphas=[1.0]"])
     done = finished_experiments()
     summaries = {name: summary_of(done[name]["rev"]) for name, _, _ in runs if name in done}
     text, record = tables(args.styles, summaries, args.prefix)

@@ -30,7 +30,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from ablate import dvc, finished_experiments, write_atomic
+from ablate import finished_experiments, queue_and_run, seeds_override, write_atomic
 
 from pipeline.stages.report import BASE, point, read_records, summarize
 
@@ -42,17 +42,6 @@ AXES = (("id", "ID test"), ("shift_avg", "shift avg"), ("zeroshot_avg", "zero-sh
 
 def settings(data_seeds: list[int], prefix: str = PREFIX) -> list[tuple[str, list[str]]]:
     return [(f"{prefix}-data{n}", [f"build_data.seed={n}"]) for n in data_seeds]
-
-
-def queue_and_run(runs, seeds=SEEDS) -> None:
-    common = [f"report.seeds=[{','.join(map(str, seeds))}]", f"report.methods=[{','.join(METHODS)}]"]
-    for name, overrides in runs:
-        args = ["exp", "run", "--queue", "-n", name]
-        for o in common + overrides:
-            args += ["-S", o]
-        dvc(*args)
-        print(f"queued {name}: {' '.join(overrides)}")
-    dvc("exp", "run", "--run-all", "--jobs", "1")
 
 
 def records_at(rev: str | None, out: Path) -> Path:
@@ -138,7 +127,7 @@ def main() -> None:
     data_seeds = [int(s) for s in args.data_seeds.split(",")]
     runs = settings(data_seeds, args.prefix)
     if not args.table_only:
-        queue_and_run(runs)
+        queue_and_run(runs, [seeds_override(SEEDS), f"report.methods=[{','.join(METHODS)}]"])
     done = finished_experiments()
     with tempfile.TemporaryDirectory() as tmp:
         splits = {0: runs_of_split(records_at(None, Path(tmp)))}

@@ -155,9 +155,14 @@ def serve(index: Path = typer.Option(..., help="index folder (the retrieve stage
 
 
 def run(args: list[str] | None = None) -> None:
-    """Entry point of `arf`: bad input ends in one line, not a traceback."""
+    """`arf` in this process: bad input ends in one line, not a traceback."""
     cmd.run(app, args)
 
 
+def main() -> None:
+    """Entry point of the `arf` script: `run`, then a fast exit (see `_command.main`)."""
+    cmd.main(app)
+
+
 if __name__ == "__main__":
-    run()
+    main()

@@ -2,4 +2,4 @@
 from pipeline.stages import _command, align
 
 if __name__ == "__main__":
-    _command.run(align.command)
+    _command.main(align.command)

@@ -2,4 +2,4 @@
 from pipeline.stages import _command, build_data
 
 if __name__ == "__main__":
-    _command.run(build_data.command)
+    _command.main(build_data.command)

@@ -2,4 +2,4 @@
 from pipeline.stages import _command, caption
 
 if __name__ == "__main__":
-    _command.run(caption.command)
+    _command.main(caption.command)

@@ -2,4 +2,4 @@
 from pipeline.stages import _command, embed_corpus
 
 if __name__ == "__main__":
-    _command.run(embed_corpus.command)
+    _command.main(embed_corpus.command)

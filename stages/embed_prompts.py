@@ -2,4 +2,4 @@
 from pipeline.stages import _command, embed_prompts
 
 if __name__ == "__main__":
-    _command.run(embed_prompts.command)
+    _command.main(embed_prompts.command)

@@ -2,4 +2,4 @@
 from pipeline.stages import _command, evaluate
 
 if __name__ == "__main__":
-    _command.run(evaluate.command)
+    _command.main(evaluate.command)

@@ -2,4 +2,4 @@
 from pipeline.stages import _command, gallery
 
 if __name__ == "__main__":
-    _command.run(gallery.command)
+    _command.main(gallery.command)

@@ -2,4 +2,4 @@
 from pipeline.stages import _command, pack
 
 if __name__ == "__main__":
-    _command.run(pack.command)
+    _command.main(pack.command)

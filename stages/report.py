@@ -2,4 +2,4 @@
 from pipeline.stages import _command, report
 
 if __name__ == "__main__":
-    _command.run(report.command)
+    _command.main(report.command)

@@ -2,4 +2,4 @@
 from pipeline.stages import _command, retrieve
 
 if __name__ == "__main__":
-    _command.run(retrieve.command)
+    _command.main(retrieve.command)

@@ -2,4 +2,4 @@
 from pipeline.stages import _command, train
 
 if __name__ == "__main__":
-    _command.run(train.command)
+    _command.main(train.command)

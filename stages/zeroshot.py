@@ -2,4 +2,4 @@
 from pipeline.stages import _command, zeroshot
 
 if __name__ == "__main__":
-    _command.run(zeroshot.command)
+    _command.main(zeroshot.command)

@@ -4,9 +4,11 @@ as argument or option, `list` names every caption backend, `plan` without a pres
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 import yaml
@@ -78,3 +80,46 @@ def test_plan_without_a_preset_plans_the_default_params(tmp_path, monkeypatch):
     once = ("build_data", "align", "embed_corpus", "caption", "embed_prompts", "retrieve", "pack")
     total = sum(seconds[k] for k in once) + 2 * sum(seconds[f"{s}@{m}"] for s in ("train", "evaluate") for m in ("lp", "arf"))
     assert rows["total"].split() == ["total", "0.0", "0.7", "2", "CPU", "cores:", f"{total / 60:.0f}", "min", "(measured)"]
+
+
+FAST_EXIT_PROBE = """
+import atexit, sys, threading, time
+from pathlib import Path
+from pipeline.stages._command import main
+
+def command(mode: str, out: str):
+    atexit.register(lambda: Path(out, "atexit").write_text("ran"))
+    def late():  # a non-daemon thread still writing when the command returns
+        time.sleep(0.3)
+        Path(out, "thread").write_text("done")
+    threading.Thread(target=late).start()
+    sys.stdout.write("no newline, still buffered")
+    if mode == "bad":
+        raise ValueError("bad input: one line")
+    if mode == "usage":
+        sys.exit(2)
+
+main(command)
+"""
+
+
+def test_the_entry_points_fast_exit_keeps_exit_codes_output_threads_and_atexit(tmp_path):
+    """Stages and `arf` end with os._exit after the command (pipeline.stages._command.main): what the
+    interpreter's teardown would still do that matters must happen first."""
+    for mode, code in (("ok", 0), ("bad", 1), ("usage", 2)):
+        out = tmp_path / mode
+        out.mkdir()
+        env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}  # stdout block-buffered, as in a pipe
+        proc = subprocess.run([sys.executable, "-c", FAST_EXIT_PROBE, mode, str(out)], cwd=REPO, env=env,
+                              capture_output=True, text=True)
+        assert proc.returncode == code, (mode, proc.stderr[-2000:])
+        assert proc.stdout == "no newline, still buffered", mode
+        assert (out / "atexit").read_text() == "ran" and (out / "thread").read_text() == "done", mode
+        assert proc.stderr.strip() == ("error: bad input: one line" if mode == "bad" else ""), (mode, proc.stderr)
+
+
+def test_stage_entry_points_and_the_arf_script_use_the_fast_exit():
+    for script in sorted((REPO / "stages").glob("*.py")):
+        assert "_command.main(" in script.read_text() and "_command.run(" not in script.read_text(), script.name
+    scripts = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"]
+    assert scripts == {"arf": "pipeline.cli:main"}

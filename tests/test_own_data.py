@@ -41,7 +41,7 @@ def make_folder(path: Path, per_class: int) -> None:
 
 
 def arf(args: list[str]) -> int:
-    """The `arf` console script (pipeline.cli:run, see pyproject.toml), in this process."""
+    """The `arf` command (pipeline.cli.run; the console script, pipeline.cli:main, adds a fast exit), in this process."""
     with pytest.raises(SystemExit) as e:
         run(args)
     return e.value.code

@@ -2,8 +2,11 @@
 whole, and the one-line report it prints. Paths have no defaults: dvc.yaml is where they are written."""
 from __future__ import annotations
 
+import atexit
 import json
+import os
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Callable
@@ -51,6 +54,32 @@ def run(app: Callable, args: list[str] | None = None) -> None:
         lines = str(e).strip().splitlines()  # a library's message may run to a page
         typer.echo(f"error: {lines[0] if lines else type(e).__name__}", err=True)
         sys.exit(1)
+
+
+def main(app: Callable) -> None:
+    """`run` as a process's entry point (the `arf` script, stages/*.py), ending in a fast exit.
+
+    Once the command has returned, every output is closed and renamed into place; what is left is
+    the interpreter's teardown of torch, transformers and the rest: ~1.1 s of every model-building
+    process on 2 cores (`import open_clip` then exit: 5.7 s, against 4.5 s with os._exit), paid by
+    every stage DVC starts. The exit does what teardown would that matters: it waits for non-daemon
+    threads, runs the atexit handlers (logging, multiprocessing, temp-file finalizers) and flushes
+    stdout and stderr, then leaves with os._exit. A bug's traceback still exits the usual way."""
+    try:
+        run(app)
+        code = 0
+    except SystemExit as e:
+        code = e.code
+    if code is not None and not isinstance(code, int):  # sys.exit("message")
+        print(code, file=sys.stderr)
+        code = 1
+    for t in threading.enumerate():
+        if t is not threading.main_thread() and not t.daemon:
+            t.join()
+    atexit._run_exitfuncs()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code or 0)
 
 
 def _single(command: Callable) -> typer.Typer:

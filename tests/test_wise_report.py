@@ -234,3 +234,23 @@ def test_report_names_a_missing_run(tmp_path):
     _write(tmp_path / "zeroshot.jsonl", _records("zeroshot", None, 0.0, 40, 40, 30, 50))
     with pytest.raises(FileNotFoundError, match="seed3.jsonl"):
         summarize(tmp_path, ["ft"], [3])
+
+
+def test_report_of_a_benchmark_without_zeroshot_sets_leaves_that_axis_out(tmp_path):
+    """Your own data may have no zeroshot_ (or shift_) eval sets: the report leaves the axis out of the
+    table, the metrics and the curves, and its declared plot says there is nothing to plot."""
+    ev = tmp_path / "eval"
+    no_zs = lambda recs: [r for r in recs if not r["dataset"].startswith("zeroshot_")]  # noqa: E731
+    _write(ev / "zeroshot.jsonl", no_zs(_records("zeroshot", None, 0.0, 40, 40, 30, 50)))
+    _write(ev / "ft" / "seed0.jsonl", no_zs(_records("ft", 0, 0.5, 58, 55, 35, 45) + _records("ft", 0, 1.0, 62, 70, 30, 40)))
+    s = write_report(ev, ["ft"], [0], tmp_path / "results")
+    for name, row in s["methods"].items():
+        assert not [k for k in row if k.startswith("zeroshot")], name
+        assert row["shift_avg"]["mean"] == {"zeroshot": 31.0, "ft": 31.0, "ft+wise": 31.0}[name]
+    assert s["curves"]["ft"][1.0] == {"id": 70.0, "id_val": 62.0, "shift_avg": 31.0}
+    header = (tmp_path / "results/summary.md").read_text().split("\n\n")[1].splitlines()[0]
+    assert header == "| method | α | ID | shift a | shift b | shift avg | corpus i2t R@1 | corpus t2i R@1 |"
+    assert json.loads((tmp_path / "results/metrics.json").read_text())["ft"] == {"id_val": 62.0, "id": 70.0, "shift": 31.0}
+    assert (tmp_path / "results/plots/id_vs_zeroshot.png").read_bytes()[:4] == b"\x89PNG"
+    assert json.loads((tmp_path / "results/plots/wise/zeroshot.json").read_text()) == [
+        {"alpha": 0.0, "id": 40.0, "id_val": 40.0, "shift_avg": 31.0}]

@@ -56,6 +56,11 @@ def read_records(path: Path) -> list[dict]:
     return out
 
 
+# The axes of the WiSE-FT curves and plots. id_val is always there (the val split); the others need
+# eval sets with that prefix, which a benchmark of your own may lack (no zeroshot_ sets, say).
+AXES = ("id", "id_val", "shift_avg", "zeroshot_avg")
+
+
 def point(records: list[dict], base_zs: float | None) -> dict:
     """One model's headline numbers from its records at one alpha."""
     by = {r["dataset"]: r for r in records}
@@ -93,7 +98,8 @@ def summarize(eval_dir: Path, methods: list[str], seeds: list[int]) -> dict:
     """Aggregate results/eval/<method>/seed<k>.jsonl (and zeroshot.jsonl) into the summary."""
     base_records = read_records(eval_dir / f"{BASE}.jsonl")
     base = point(base_records, None)
-    base["zeroshot_retention"] = 100.0
+    if base["zeroshot_avg"] is not None:
+        base["zeroshot_retention"] = 100.0
     summary = {"seeds": seeds, "methods": {BASE: {"alpha": 0.0, "n_seeds": 1, **_stats([base])}}, "curves": {}}
     for method in methods:
         per_seed = [read_records(eval_dir / method / f"seed{s}.jsonl") for s in seeds]
@@ -106,8 +112,7 @@ def summarize(eval_dir: Path, methods: list[str], seeds: list[int]) -> dict:
         chosen = max(curve, key=lambda a: (round(curve[a]["id_val"]["mean"], 6), a))
         summary["methods"][method] = {"alpha": 1.0, "n_seeds": len(seeds), **curve[1.0]}
         summary["methods"][f"{method}+wise"] = {"alpha": chosen, "n_seeds": len(seeds), **curve[chosen]}
-        summary["curves"][method] = {a: {k: curve[a][k]["mean"] for k in ("id", "id_val", "shift_avg", "zeroshot_avg")}
-                                     for a in sorted(curve)}
+        summary["curves"][method] = {a: {k: curve[a][k]["mean"] for k in AXES if k in curve[a]} for a in sorted(curve)}
     return summary
 
 
@@ -126,6 +131,7 @@ def markdown_table(summary: dict) -> str:
             + [(f"zeroshot/{d}", f"zs {d}") for d in zs] + [("zeroshot_avg", "zs avg"),
                                                           ("zeroshot_retention", "zs retention %"),
                                                           ("i2t_r1", "corpus i2t R@1"), ("t2i_r1", "corpus t2i R@1")])
+    cols = [(k, c) for k, c in cols if any(k in row for row in rows.values())]  # e.g. no zeroshot_ sets
     lines = ["| method | α | " + " | ".join(c for _, c in cols) + " |", "|---|---|" + "---|" * len(cols)]
     for name, row in rows.items():
         label = name.replace("+wise", " + WiSE-FT")
@@ -145,8 +151,7 @@ def write_plot_data(summary: dict, out_dir: Path) -> None:
         write_json(out_dir / f"{method}.json", [{"alpha": a, **{k: round(v, 3) for k, v in p.items()}}
                                               for a, p in curve.items()])
     base = summary["methods"][BASE]
-    write_json(out_dir / f"{BASE}.json", [{"alpha": 0.0, **{k: round(base[k]["mean"], 3)
-                                                           for k in ("id", "id_val", "shift_avg", "zeroshot_avg")}}])
+    write_json(out_dir / f"{BASE}.json", [{"alpha": 0.0, **{k: round(base[k]["mean"], 3) for k in AXES if k in base}}])
 
 
 def render_plots(summary: dict, out_dir: Path) -> list[Path]:
@@ -160,19 +165,24 @@ def render_plots(summary: dict, out_dir: Path) -> list[Path]:
     base = summary["methods"][BASE]
     for y, label in (("shift_avg", "domain shift average"), ("zeroshot_avg", "zero-shot average")):
         fig, ax = plt.subplots(figsize=(6.4, 4.8), dpi=110)
-        for method, curve in summary["curves"].items():
-            xs = [p["id"] for p in curve.values()]
-            ys = [p[y] for p in curve.values()]
-            line, = ax.plot(xs, ys, "-o", ms=3, lw=1.2, label=method)
-            ax.plot(xs[-1], ys[-1], "o", ms=8, color=line.get_color())  # alpha = 1: the finetuned model
-            chosen = summary["methods"][f"{method}+wise"]
-            ax.plot(chosen["id"]["mean"], chosen[y]["mean"], "*", ms=12, color=line.get_color(), mec="black", mew=0.5)
-        ax.plot(base["id"]["mean"], base[y]["mean"], "k*", ms=14, label="zero-shot (α = 0)")
-        ax.set_xlabel("ID accuracy (%)")
-        ax.set_ylabel(f"{label} accuracy (%)")
-        ax.set_title("WiSE-FT curves (α = 0 … 1; large dot α = 1, star = α chosen on ID val)", fontsize=9)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+        missing = [f"{k.removesuffix('_avg')}_" for k in ("id", y) if k not in base]
+        if missing:  # a benchmark without such eval sets (your own data): the declared plot says so
+            ax.text(0.5, 0.5, f"no {' or '.join(missing)} eval sets: nothing to plot", ha="center", va="center")
+            ax.set_axis_off()
+        else:
+            for method, curve in summary["curves"].items():
+                xs = [p["id"] for p in curve.values()]
+                ys = [p[y] for p in curve.values()]
+                line, = ax.plot(xs, ys, "-o", ms=3, lw=1.2, label=method)
+                ax.plot(xs[-1], ys[-1], "o", ms=8, color=line.get_color())  # alpha = 1: the finetuned model
+                chosen = summary["methods"][f"{method}+wise"]
+                ax.plot(chosen["id"]["mean"], chosen[y]["mean"], "*", ms=12, color=line.get_color(), mec="black", mew=0.5)
+            ax.plot(base["id"]["mean"], base[y]["mean"], "k*", ms=14, label="zero-shot (α = 0)")
+            ax.set_xlabel("ID accuracy (%)")
+            ax.set_ylabel(f"{label} accuracy (%)")
+            ax.set_title("WiSE-FT curves (α = 0 … 1; large dot α = 1, star = α chosen on ID val)", fontsize=9)
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=8)
         fig.tight_layout()
         path = out_dir / f"id_vs_{y.replace('_avg', '')}.png"
         with atomic_file(path, "wb") as f:
@@ -189,7 +199,7 @@ COMPACT = {"id_val": "id_val", "id": "id", "shift_avg": "shift", "zeroshot_avg":
 
 
 def compact_metrics(summary: dict) -> dict:
-    return {name: {short: round(row[k]["mean"], 2) for k, short in COMPACT.items()}
+    return {name: {short: round(row[k]["mean"], 2) for k, short in COMPACT.items() if k in row}
             for name, row in summary["methods"].items() if not name.endswith("+wise")}
 
 

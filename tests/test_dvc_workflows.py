@@ -1,45 +1,25 @@
-"""The whole DVC pipeline on tiny data, and the lab workflows around it.
-
-One module-scoped project: a copy of this repository's pipeline files in a fresh git repo, tiny
-fixture images in place of the packaged ones (ARF_ASSETS_DIR), tiny budgets. `dvc repro` runs every
-stage for real (alignment, clip-retrieval inference, autofaiss, packing, training, evaluation).
+"""The whole DVC pipeline on tiny data, and the lab workflows around it, on this module's copy of the
+tiny project (fixtures_project.py: every stage run for real by `dvc repro`).
 """
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import subprocess
 import sys
-import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 import yaml
-
-from fake_assets import make_fake_assets as make_assets
-
-REPO = Path(__file__).resolve().parents[1]
-VENV_BIN = Path(sys.executable).parent
-
-TINY_PARAMS = {
-    "build_data": dict(image_size=32, min_class_size=3, unseen_fraction=0.4, val_fraction=0.2, test_fraction=0.3,
-                 heldout_pairs=4, max_same_caption=2, workers=1),
-    "align": dict(epochs=2, batch_size=16, feature_batch_size=16),
-    "embed_corpus": dict(batch_size=16),
-    "retrieve": dict(k_per_class=2),
-    "train": dict(steps=2, batch_size=4, anchor_batch_size=4, warmup_steps=1, eval_every=1),
-    "report": dict(methods=["lpft", "arf"], seeds=[0]),
-    "evaluate": dict(wise_alphas=[0.5, 1.0]),
-}
+from fixtures_project import REPO, run, stages_run
 
 
-def run(cmd: list[str], cwd: Path, env: dict, check: bool = True) -> subprocess.CompletedProcess:
-    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
-    return proc
+@pytest.fixture(scope="module")
+def project(built_project, tmp_path_factory):
+    """This module's own copy of the built project (its tests change it)."""
+    src, env, first = built_project
+    root = tmp_path_factory.mktemp("project")
+    shutil.copytree(src, root, symlinks=True, dirs_exist_ok=True)
+    return root, env, first
 
 
 def id_test_acc(records_file: Path, alpha: float) -> float:
@@ -54,61 +34,6 @@ def expected_id(root: Path, name: str, alpha: float) -> float:
     """What the report must say for a row: the base's record at alpha 0, else the method's at its alpha."""
     method = name.removesuffix("+wise")
     return id_test_acc(root / "results/eval" / ("zeroshot.jsonl" if alpha == 0 else f"{method}/seed0.jsonl"), alpha)
-
-
-@dataclass
-class Repro:
-    stdout: str
-    stage_seconds: dict[str, float]  # from a stage's "Running stage" line to the next one's (or the end)
-
-
-def timed_repro(root: Path, env: dict, *args: str) -> Repro:
-    """`dvc repro`, its output read as it comes to time each stage."""
-    proc = subprocess.Popen(["dvc", "repro", *args], cwd=root, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
-    lines, starts = [], []
-    for line in proc.stdout:
-        lines.append(line)
-        if line.startswith("Running stage"):
-            starts.append((line.split("'")[1], time.monotonic()))
-    if proc.wait() != 0:
-        raise AssertionError(f"dvc repro failed ({proc.returncode}):\n{''.join(lines)[-3000:]}")
-    ends = [t for _, t in starts[1:]] + [time.monotonic()]
-    return Repro("".join(lines), {name: end - t for (name, t), end in zip(starts, ends)})
-
-
-def stages_run(output: str) -> set[str]:
-    return {line.split("'")[1] for line in output.splitlines() if line.startswith("Running stage")}
-
-
-COPIED = ("dvc.yaml", ".dvcignore", "scripts/ablate.py", "scripts/controls.py")
-
-
-@pytest.fixture(scope="module")
-def project(tmp_path_factory):
-    root = tmp_path_factory.mktemp("project")
-    tracked = subprocess.run(["git", "ls-files"], cwd=REPO, capture_output=True, text=True, check=True).stdout.split()
-    for rel in tracked:
-        if rel.startswith(("pipeline/", "stages/", ".dvc/")) or rel in COPIED:
-            (root / rel).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(REPO / rel, root / rel)
-    params = yaml.safe_load((REPO / "params.yaml").read_text())
-    for section, values in TINY_PARAMS.items():
-        params[section].update(values)
-    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    assets = tmp_path_factory.mktemp("assets")
-    make_assets(assets)
-    env = dict(os.environ, ARF_ASSETS_DIR=str(assets), PATH=f"{VENV_BIN}{os.pathsep}{os.environ['PATH']}",
-               DVC_NO_ANALYTICS="1", GIT_AUTHOR_NAME="t", GIT_AUTHOR_EMAIL="t@t", GIT_COMMITTER_NAME="t",
-               GIT_COMMITTER_EMAIL="t@t")
-    env.pop("PYTHONPATH", None)
-    run(["git", "init", "-q"], root, env)
-    run(["git", "add", "-A"], root, env)
-    run(["git", "commit", "-qm", "init"], root, env)
-    first = timed_repro(root, env)
-    run(["git", "add", "-A"], root, env)
-    run(["git", "commit", "-qm", "repro"], root, env)
-    return root, env, first
 
 
 def test_repro_runs_every_stage_and_writes_the_results(project):

@@ -1,6 +1,6 @@
 """kill -9 anywhere in any stage, then `dvc repro`: the outputs are those of a run never interrupted.
 
-The tiny project of test_dvc_workflows is built by a plain `dvc repro` that times each stage. On a copy
+The tiny project of fixtures_project.py is built by a plain `dvc repro` that times each stage. On a copy
 of it, per stage, a forced run of that stage alone is killed (SIGKILL to its whole process group: DVC,
 the stage, clip-retrieval's and Spark's children) at a random moment inside it, and a plain `dvc repro`
 follows and must succeed, and every output DVC records (cached or not) must then hash as in the
@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 import yaml
-from test_dvc_workflows import project, run, stages_run  # noqa: F401  (project is a fixture: a module of its own here)
+from fixtures_project import run, stages_run
 
 SEED = 12
 TRUNCATED_LOCK = "'./dvc.lock' validation failed"
@@ -52,8 +52,8 @@ def kill_inside(root: Path, env: dict, stage: str, delay: float) -> bool:
     return running
 
 
-def test_kill_9_at_a_random_point_of_every_stage_then_repro_gives_the_uninterrupted_outputs(project, tmp_path):  # noqa: F811
-    root, env, first = project
+def test_kill_9_at_a_random_point_of_every_stage_then_repro_gives_the_uninterrupted_outputs(built_project, tmp_path):
+    root, env, first = built_project  # copied before any change
     work = tmp_path / "project"
     shutil.copytree(root, work, symlinks=True)
     reference = recorded_outputs(root)
@@ -78,9 +78,9 @@ def test_kill_9_at_a_random_point_of_every_stage_then_repro_gives_the_uninterrup
     assert sum(killed.values()) >= len(killed) - 2, f"most kills must land while the stage runs: {killed}"
 
 
-def test_a_dvc_lock_cut_mid_write_is_refused_and_the_readme_recovery_restores_it(project, tmp_path):  # noqa: F811
+def test_a_dvc_lock_cut_mid_write_is_refused_and_the_readme_recovery_restores_it(built_project, tmp_path):
     """The kill above lands in DVC's own lock write only by chance: here the cut is made by hand."""
-    root, env, _ = project
+    root, env, _ = built_project
     work = tmp_path / "project"
     shutil.copytree(root, work, symlinks=True)
     lock = (work / "dvc.lock").read_text()

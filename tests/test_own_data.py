@@ -1,16 +1,19 @@
-"""The README's "Your own data" example, run as written on a tiny folder tree, and the lines that name
-the key to change when a local import falls short (val split, held-out pairs, no corpus)."""
+"""The README's "Your own data" example, run as written (`dvc repro` included) on a tiny folder tree, and
+the lines that name the key to change when a local import falls short (val split, held-out pairs, no
+corpus)."""
 from __future__ import annotations
 
 import json
 import re
 import shlex
 import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
 import yaml
 from fixtures_layouts import jpeg, make_img2dataset_corpus
+from fixtures_project import new_project, stages_run
 
 from pipeline.cli import run
 from pipeline.data.local import LocalDataParams, import_local_data
@@ -19,7 +22,8 @@ from pipeline.io.shards import iter_samples, read_shard_info
 from pipeline.stages.align import AlignParams, align_base
 from pipeline.stages.embed_corpus import embed_corpus
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+REPO = Path(__file__).resolve().parents[1]
+README = REPO / "README.md"
 DVC_YAML = README.with_name("dvc.yaml")
 CLASSES = ["barn_owl", "red_fox", "tree_frog"]  # folder names; the class names read them with spaces
 TRAIN_PER_CLASS, EVAL_PER_CLASS = 10, 2
@@ -70,13 +74,20 @@ def _has(params: dict, dotted: str) -> bool:
 
 
 def test_readme_own_data_example_runs_as_written(tmp_path, monkeypatch, capsys):
-    monkeypatch.setenv("HOME", str(tmp_path / "home"))  # the README's root is under ~
-    monkeypatch.chdir(tmp_path)
+    """The README's params file and its three commands, in a project as a clone holds it, on a tiny
+    folder tree under ~: check-params and build_data in this process (their output read closely), then
+    `cp my.yaml params.yaml && dvc repro` through the shell, as typed: every stage runs, every method
+    gets its row."""
+    home, project = tmp_path / "home", tmp_path / "project"
+    monkeypatch.setenv("HOME", str(home))  # the README's root is under ~
+    project.mkdir()
+    env = new_project(project, (REPO / "params.yaml").read_text(), HOME=str(home))
+    monkeypatch.chdir(project)
     text = readme_block("params", "yaml")
-    (tmp_path / "my.yaml").write_text(text)
+    (project / "my.yaml").write_text(text)
     local = yaml.safe_load(text)["build_data"]["local"]
     root = Path(local["root"]).expanduser()
-    assert root == tmp_path / "home" / "arf-data"
+    assert root == home / "arf-data"
     assert local["finetune"]["layout"] == "folder" and all(e["layout"] == "folder" for e in local["eval"].values())
     make_folder(root / local["finetune"]["path"], TRAIN_PER_CLASS)
     for entry in local["eval"].values():
@@ -84,7 +95,7 @@ def test_readme_own_data_example_runs_as_written(tmp_path, monkeypatch, capsys):
     shutil.move(make_img2dataset_corpus(tmp_path, shards=CORPUS_SHARDS, per_shard=PER_SHARD), root / local["corpus"])
 
     commands = [shlex.split(line.partition("#")[0]) for line in readme_block("commands", "bash").splitlines()]
-    assert commands[2] == ["cp", "my.yaml", "params.yaml", "&&", "dvc", "repro"]  # not run here: the whole pipeline
+    assert commands[2] == ["cp", "my.yaml", "params.yaml", "&&", "dvc", "repro"]  # run last, through the shell
     assert commands[0] == ["arf", "check-params", "--params", "my.yaml"]
     capsys.readouterr()
     assert arf(commands[0][1:]) == 0
@@ -92,7 +103,7 @@ def test_readme_own_data_example_runs_as_written(tmp_path, monkeypatch, capsys):
     assert commands[1][:2] == ["arf", "build_data"]
     assert arf(commands[1][1:]) == 0
     out = capsys.readouterr().out
-    data = tmp_path / commands[1][commands[1].index("--out") + 1]
+    data = project / commands[1][commands[1].index("--out") + 1]
 
     names = [c.replace("_", " ") for c in CLASSES]
     bench = data / "benchmark"
@@ -123,6 +134,20 @@ def test_readme_own_data_example_runs_as_written(tmp_path, monkeypatch, capsys):
         "warnings": [shortfall, no_val],  # 10 images a class at 10%: one val image in all
     }
     assert out.startswith("[build_data] ") and json.dumps([shortfall, no_val]) in out
+
+    line = readme_block("commands", "bash").splitlines()[2].partition("#")[0]
+    repro = subprocess.run(["bash", "-c", line], cwd=project, env=env, capture_output=True, text=True)
+    assert repro.returncode == 0, f"{line}:\n{repro.stdout[-3000:]}\n{repro.stderr[-3000:]}"
+    methods = yaml.safe_load(text)["report"]["methods"]
+    assert stages_run(repro.stdout) == {
+        "build_data", "align", "embed_corpus", "caption", "embed_prompts", "retrieve", "pack", "gallery", "zeroshot",
+        "report", *(f"{stage}@{m}-0" for stage in ("train", "evaluate") for m in methods)}
+    table = (project / "results/summary.md").read_text()
+    header = next(l for l in table.splitlines() if l.startswith("| method"))
+    assert header == "| method | α | ID | shift sketch | shift avg | corpus i2t R@1 | corpus t2i R@1 |"  # no zeroshot_ sets
+    assert [l.split(" | ")[0] for l in table.splitlines() if l.startswith("| ") and l != header] == [
+        "| zeroshot", *(f"| {m}{wise}" for m in methods for wise in ("", " + WiSE-FT"))]
+    assert set(json.loads((project / "results/metrics.json").read_text())) == {"zeroshot", *methods}
 
 
 def small_set(tmp_path: Path, per_class: int = 6, corpus: bool = True, **kw) -> LocalDataParams:

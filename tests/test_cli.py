@@ -123,3 +123,17 @@ def test_stage_entry_points_and_the_arf_script_use_the_fast_exit():
         assert "_command.main(" in script.read_text() and "_command.run(" not in script.read_text(), script.name
     scripts = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"]
     assert scripts == {"arf": "pipeline.cli:main"}
+
+
+def test_the_fast_exit_lets_a_profiler_write_its_file(tmp_path):
+    """`scripts/bench_cpu.py --profile` runs a stage under `python -m cProfile -o`, which writes the
+    profile after the script returns: os._exit there would leave no file."""
+    script = tmp_path / "probe.py"
+    script.write_text(FAST_EXIT_PROBE)
+    (tmp_path / "out").mkdir()
+    prof = tmp_path / "probe.prof"
+    proc = subprocess.run([sys.executable, "-m", "cProfile", "-o", str(prof), str(script), "bad", str(tmp_path / "out")],
+                          cwd=REPO, capture_output=True, text=True)
+    assert proc.stderr.strip() == "error: bad input: one line"  # (cProfile's own exit status is 0: it catches SystemExit)
+    import pstats
+    assert any(fn == "command" for (_, _, fn) in pstats.Stats(str(prof)).stats), "the profile misses the command"

@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import multiprocessing
 import os
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -169,15 +170,20 @@ def test_embed_corpus_leaves_no_partial_output(built, monkeypatch):
     out.mkdir()
     (out / "previous.txt").write_text("kept")
     children = set(multiprocessing.active_children())
+    # clip-retrieval's stats loggers run as threads here (pipeline.io.clip_retrieval.stats_loggers_in_threads):
+    # a spawned Python process re-imports the clip_retrieval package, seconds per partition
+    monkeypatch.setattr(multiprocessing.context.SpawnProcess, "start",
+                        lambda self: pytest.fail("embed_corpus spawned a process"))
 
-    # 1. the model cannot be loaded (fails inside clip-retrieval, after its logger process started)
+    # 1. the model cannot be loaded (fails inside clip-retrieval, after its stats loggers started)
     from pipeline.core.models import ModelNotAvailable
 
     with pytest.raises(ModelNotAvailable):
         embed_corpus(built["corpus"], f"tiny-clip:{tmp / 'missing.pt'}", out, batch_size=8)
     assert sorted(p.name for p in out.iterdir()) == ["previous.txt"]
     assert not list(tmp.glob(".tmp-emb_fail-*"))
-    assert set(multiprocessing.active_children()) <= children  # its helper processes were stopped
+    assert set(multiprocessing.active_children()) <= children
+    assert [t.name for t in threading.enumerate() if t.name.startswith("clip-retrieval")] == []  # ended, not left waiting
 
     # 2. a failure after clip-retrieval has written its files
     def boom(*a, **k):

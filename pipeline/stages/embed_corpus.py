@@ -28,8 +28,8 @@ from pipeline.io.clip_retrieval import (
     ALL_CLIP_PREFIX,
     SpecThatInstallsLoader,
     all_clip_uses_our_models,
-    reap_children_on_error,
     spark_session,
+    stats_loggers_in_threads,
 )
 from pipeline.io.embeddings import (
     count_vectors,
@@ -163,7 +163,7 @@ def embed_corpus(
     out_dir = Path(out_dir)
     t0 = time.perf_counter()
     spark = spark_session(spark_master) if distribution == "pyspark" else contextlib.nullcontext()
-    with atomic_dir(out_dir) as tmp, all_clip_uses_our_models(), reap_children_on_error(), spark as session:
+    with atomic_dir(out_dir) as tmp, all_clip_uses_our_models(), stats_loggers_in_threads(), spark as session:
         # clip-retrieval gives partition i every n-th shard, one task each: more partitions than shards
         # would only add empty ones, and under Spark fewer than its cores would leave cores idle.
         wanted = partitions or max(math.ceil(n_expected / write_batch_size),

@@ -98,22 +98,23 @@ def test_ablation_script_queues_experiments_and_writes_the_table(project, tmp_pa
     root, env, _ = project
     work = tmp_path / "work"
     shutil.copytree(root, work, symlinks=True)
-    run([sys.executable, "scripts/ablate.py", "--only", "captioner"], work, env)
+    # one knob at one value: the cheapest experiment (ARF's training and evaluation, the report)
+    run([sys.executable, "scripts/ablate.py", "--only", "lambda_tca=0.5"], work, env)
     table = (work / "results/ablations.md").read_text()
     rows = [l for l in table.splitlines() if l.startswith("| ") and not l.startswith("| setting")]
-    assert [r.split(" | ")[0] for r in rows] == ["| defaults (params.yaml)", "| caption.backend=classname"], table
+    assert [r.split(" | ")[0] for r in rows] == ["| defaults (params.yaml)", "| methods.arf.lambda_tca=0.5"], table
     assert "Not run yet" not in table
     full = json.loads((root / "results/summary_full.json").read_text())
     assert rows[0].split(" | ")[1] == f"{full['methods']['arf']['id_val']['mean']:.1f}"  # the defaults are the main run
     # the workspace still holds the committed params: experiments ran from the queue, not in place
-    assert yaml.safe_load((work / "params.yaml").read_text())["caption"]["backend"] == "nn"
+    assert yaml.safe_load((work / "params.yaml").read_text())["methods"]["arf"]["lambda_tca"] == 1.0
     # scripts/controls.py reads each experiment's own summary from its commit (the same queue machinery)
     read = run([sys.executable, "-c", "import json, sys; sys.path.insert(0, 'scripts'); import controls; "
                 "print(json.dumps({n: controls.summary_of(e['rev'])['methods']['arf']['id_val']['mean'] "
                 "for n, e in controls.finished_experiments().items()}))"], work, env)
     id_vals = json.loads(read.stdout)
-    assert set(id_vals) == {"abl-default", "abl-captioner-classname"}
-    assert [f"{v:.1f}" for v in (id_vals["abl-default"], id_vals["abl-captioner-classname"])] == \
+    assert set(id_vals) == {"abl-default", "abl-lambda_tca-0p5"}
+    assert [f"{v:.1f}" for v in (id_vals["abl-default"], id_vals["abl-lambda_tca-0p5"])] == \
         [r.split(" | ")[1] for r in rows]
 
 

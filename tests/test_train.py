@@ -1,12 +1,13 @@
 """The trainer on tiny packed shards with the tiny test model: determinism and what each method uses."""
 import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
 from helpers import make_corpus_shards, make_tiny_checkpoint, weight_diffs
 
-from pipeline.core.methods import ArfParams, NoParams
+from pipeline.core.methods import ArfParams, NoParams, get_method
 from pipeline.core.models import create_model, model_dir_spec, write_model_dir
 from pipeline.io.shards import iter_samples, write_shards
 from pipeline.stages.train import TrainParams, train
@@ -211,8 +212,30 @@ Path(out + ".history.json").write_text(json.dumps(r["history"]))
 """
 
 
+@pytest.fixture(scope="module")
+def one_process(setup, tmp_path_factory):
+    """The one-process reference of the gloo test, per method: trained once, here, in this process (its
+    single thread, as the test's subprocesses get); the ARF cases share it, as micro-batching is only
+    the two-process run's."""
+    from pipeline.core.models import model_dir_spec
+
+    tmp, packed = setup
+    runs = {}
+
+    def run(method: str) -> tuple[Path, list]:
+        if method not in runs:
+            out = tmp_path_factory.mktemp(f"one_{method}") / "model"
+            p = TrainParams(steps=3, batch_size=6, anchor_batch_size=4, lr=1e-3, warmup_steps=1, eval_every=1,
+                            data_split="sample")
+            r = train(method, packed, model_dir_spec(tmp / "base"), out, p, get_method(method).params(), seed=5)
+            runs[method] = out, r["history"]
+        return runs[method]
+
+    return run
+
+
 @pytest.mark.parametrize("method,micro", [("arf", 0), ("ft", 0), ("arf", 2)])
-def test_two_gloo_processes_match_one_process_at_the_same_global_batch(setup, tmp_path, method, micro):
+def test_two_gloo_processes_match_one_process_at_the_same_global_batch(setup, one_process, tmp_path, method, micro):
     """torchrun with 2 CPU processes (gloo), global batch 6 = 2 x 3, against 1 process with batch 6:
     the same loss at every step within 1e-5 relative (summation order differs), and the same weights
     within 1e-5 absolute (measured: ~1e-7). ARF covers the gathered contrastive terms, FT the per-rank
@@ -230,20 +253,17 @@ def test_two_gloo_processes_match_one_process_at_the_same_global_batch(setup, tm
 
     env = {k: v for k, v in __import__("os").environ.items() if k not in ("WORLD_SIZE", "RANK", "LOCAL_RANK")}
     env["ARF_MODEL_CONFIGS"] = str(TEST_MODEL_CONFIGS)
-    one = subprocess.run([sys.executable, str(script), method, str(packed), base, str(tmp_path / "one"), "sample", "0"],
-                         capture_output=True, text=True, env=env)
-    assert one.returncode == 0, one.stderr[-2000:]
     two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                           str(script), method, str(packed), base, str(tmp_path / "two"), "sample", str(micro)],
                          capture_output=True, text=True, env=env)
     assert two.returncode == 0, two.stderr[-3000:]
-    h1 = json.loads((tmp_path / "one.history.json").read_text())
+    one, h1 = one_process(method)
     h2 = json.loads((tmp_path / "two.history.json").read_text())
     losses1 = [h["loss"] for h in h1 if "loss" in h]
     losses2 = [h["loss"] for h in h2 if "loss" in h]
     assert len(losses1) == len(losses2) == 3
     assert losses1 == pytest.approx(losses2, rel=1e-5)
-    w1, w2 = weights(tmp_path / "one"), weights(tmp_path / "two")
+    w1, w2 = weights(one), weights(tmp_path / "two")
     diffs = weight_diffs(w1, w2)
     assert diffs[-1][0] < 1e-5, diffs[-8:]
     assert any(not torch.equal(w1[k], weights(tmp / "base")[k]) for k in w1)  # it trained

@@ -214,11 +214,9 @@ Path(out + ".history.json").write_text(json.dumps(r["history"]))
 
 @pytest.fixture(scope="module")
 def one_process(setup, tmp_path_factory):
-    """The one-process reference of the gloo test, per method: trained once, here, in this process (its
-    single thread, as the test's subprocesses get); the ARF cases share it, as micro-batching is only
-    the two-process run's."""
-    from pipeline.core.models import model_dir_spec
-
+    """The one-process reference of the gloo test, per method: trained once, here, in this process (with
+    the thread count the test's subprocesses inherit, conftest.py); the ARF cases share it, as
+    micro-batching is only the two-process run's."""
     tmp, packed = setup
     runs = {}
 

@@ -16,6 +16,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Callable
 
 from pipeline.io.shards import flatten_on_white
 
@@ -216,22 +217,20 @@ def stats_loggers_in_threads():
     waiting. Spark's Python workers get the same threads (`_install_loader_in_worker`).
     """
     started: list[tuple[threading.Thread, queue.Queue, object]] = []
-    saved = _loggers_as_threads(started)
+    restore = _loggers_as_threads(started)
     try:
         yield
     finally:
-        from clip_retrieval.clip_inference.logger import LoggerReader, LoggerWriter
-
-        LoggerWriter.start, LoggerReader.start = saved
+        restore()
         for thread, q, end_sentinel in started:
             if thread.is_alive():
                 q.put(end_sentinel)
                 thread.join(10)
 
 
-def _loggers_as_threads(started: list) -> tuple:
+def _loggers_as_threads(started: list) -> Callable[[], None]:
     """Make clip-retrieval's LoggerWriter and LoggerReader start a daemon thread instead of a process
-    (each thread, its queue and its end sentinel are appended to `started`); returns the old methods."""
+    (each thread, its queue and its end sentinel are appended to `started`); returns what undoes it."""
     from clip_retrieval.clip_inference.logger import LoggerReader, LoggerWriter
 
     def start_writer(self):
@@ -249,4 +248,8 @@ def _loggers_as_threads(started: list) -> tuple:
 
     saved = LoggerWriter.start, LoggerReader.start
     LoggerWriter.start, LoggerReader.start = start_writer, start_reader
-    return saved
+
+    def restore() -> None:
+        LoggerWriter.start, LoggerReader.start = saved
+
+    return restore

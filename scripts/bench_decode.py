@@ -60,7 +60,8 @@ def main() -> None:
         write_shards(root, ({"__key__": f"{i:06d}", "jpg": j, "cls": "0", "txt": "a photo"} for i, j in enumerate(jpegs)),
                      max_per_shard=50)
         for workers in [int(w) for w in args.workers.split(",")]:
-            stream = SampleStream(root, preprocess, seed=0, buffer=50, skips=SkipCounter(), workers=workers)
+            stream = SampleStream(root, preprocess, seed=0, buffer=50, skips=SkipCounter(), workers=workers,
+                                  cache_bytes=0)  # decoding itself, not the in-memory cache
             it = iter(stream)
             for _ in range(max(8, 4 * workers)):  # start-up (pool, first window) outside the timing
                 next(it)

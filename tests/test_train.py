@@ -424,3 +424,40 @@ def test_the_learning_rate_each_step_trains_with_warms_up_then_decays_by_cosine(
     expected = [lr * min(1.0, (s + 1) / warmup) * (1 + math.cos(math.pi * s / steps)) / 2 for s in range(steps)]
     assert expected == pytest.approx([5e-4, 8.535534e-4, 5e-4, 1.464466e-4], rel=1e-6)
     assert used == pytest.approx(expected + expected, rel=1e-9)  # LP, then FT with a fresh schedule
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_a_split_that_fits_in_memory_is_decoded_once_and_streams_as_without_the_cache(tmp_path, monkeypatch, workers):
+    """Three epochs of an 8-sample split with a corrupt PNG, kept in memory and not: the same keys in
+    the same order, equal image tensors, the bad sample counted at each draw; kept, each sample is
+    decoded once (in this process: counted with no workers). Over the budget, nothing is kept."""
+    from open_clip.transform import image_transform
+
+    import pipeline.stages.train as tr
+    from pipeline.io.shards import SkipCounter
+
+    root, _ = make_corpus_shards(tmp_path / "c", 8, corrupt=(3,), size=32, max_per_shard=3)
+    preprocess = image_transform(32, is_train=False)
+    decoded = []
+    real_decode = tr.decode_image
+    monkeypatch.setattr(tr, "decode_image", lambda data, key: (decoded.append(key), real_decode(data, key))[1])
+
+    def draws(cache_bytes):
+        decoded.clear()
+        skips = SkipCounter()
+        stream = tr.SampleStream(root, preprocess, seed=3, buffer=4, skips=skips, workers=workers, cache_bytes=cache_bytes)
+        it = iter(stream)
+        out = [next(it) for _ in range(3 * 7)]
+        stream.close()
+        return [s["key"] for s in out], torch.stack([s["image"] for s in out]), skips.skipped, len(decoded), stream
+
+    keys, images, skipped, n_decoded, _ = draws(0)
+    kept_keys, kept_images, kept_skipped, kept_decoded, kept = draws(1 << 30)
+    assert kept_keys == keys and len(set(keys)) == 7
+    assert torch.equal(kept_images, images)
+    assert kept_skipped == skipped >= 2
+    assert len(kept._cache) == 8  # 7 images and the bad sample's error
+    if workers == 0:
+        assert n_decoded == 3 * 7 + skipped and kept_decoded == 8
+    over = draws(3 * 32 * 32 * 4 * 8 - 1)[-1]  # one byte short of the 8 images
+    assert over._cache is None

@@ -3,6 +3,8 @@
     python scripts/bench_cpu.py                      # clone HEAD to a temp dir, dvc repro cold, print
     python scripts/bench_cpu.py --rev d5039ef        # the same for another commit
     python scripts/bench_cpu.py --save FILE.json     # also write the figures (the baseline is one)
+    python scripts/bench_cpu.py --as-user --keep     # the main command as on a fresh clone (no --force);
+        # --keep: then check `git status` in the kept clone (clean: training reproduced every weight)
     python scripts/bench_cpu.py --profile train@arf-0 [--repo DIR]
         # one stage of an already-run repo under cProfile: the 25 costliest functions
 
@@ -48,12 +50,13 @@ def env_for(repo: Path) -> dict:
     return env
 
 
-def repro(repo: Path, stages: list[str]) -> dict:
+def repro(repo: Path, stages: list[str], force: bool = True) -> dict:
     """Stage name -> seconds, in run order, from DVC's own output streamed line by line. --force: a
     stage whose outputs are in git (the eval records, the report) would otherwise be skipped when its
-    inputs come out byte-identical, and the run would not be the cold main command."""
+    inputs come out byte-identical, and the run would not be every stage; without it, the run is the
+    README's main command on a fresh clone as a user runs it."""
     started = time.perf_counter()
-    cmd = ["dvc", "repro", "--force"] + (["--single-item", *stages] if stages else [])
+    cmd = ["dvc", "repro"] + (["--force"] if force else []) + (["--single-item", *stages] if stages else [])
     proc = subprocess.Popen(cmd, cwd=repo, env=env_for(repo), text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     marks: list[tuple[str, float]] = []
@@ -128,6 +131,8 @@ def main() -> None:
     ap.add_argument("--repo", type=Path, help="run in this existing clone instead of a fresh one "
                     "(default for --profile: this checkout)")
     ap.add_argument("--stages", nargs="+", default=[], help="run only these stages (default: all)")
+    ap.add_argument("--as-user", action="store_true", help="plain `dvc repro`, no --force: the main command "
+                    "as run on a fresh clone (skips what training reproduces byte for byte)")
     args = ap.parse_args()
 
     if args.profile:
@@ -141,8 +146,8 @@ def main() -> None:
         repo = clone(args.rev, scratch)
     rev = subprocess.run(["git", "-C", str(repo), "rev-parse", "--short", "HEAD"], check=True,
                          text=True, capture_output=True).stdout.strip()
-    print(f"dvc repro --force of {rev} in {repo} ({os.cpu_count()} cores)", file=sys.stderr)
-    run = {"rev": rev, "cores": os.cpu_count(), **repro(repo, args.stages)}
+    print(f"dvc repro{'' if args.as_user else ' --force'} of {rev} in {repo} ({os.cpu_count()} cores)", file=sys.stderr)
+    run = {"rev": rev, "cores": os.cpu_count(), **repro(repo, args.stages, force=not args.as_user)}
     base = json.loads(args.baseline.read_text()) if args.baseline.is_file() else None
     if base:
         print(f"previous main: {base['rev']}")

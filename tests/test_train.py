@@ -461,3 +461,60 @@ def test_a_split_that_fits_in_memory_is_decoded_once_and_streams_as_without_the_
         assert n_decoded == 3 * 7 + skipped and kept_decoded == 8
     over = draws(3 * 32 * 32 * 4 * 8 - 1)[-1]  # one byte short of the 8 images
     assert over._cache is None
+
+
+def test_a_frozen_image_tower_encodes_each_drawn_image_once_and_a_killed_lp_resumes_bit_identical(setup, monkeypatch):
+    """LP draws 32 images from a split of 20: each image goes through the frozen tower once, one at
+    a time, so a run killed and started again computes the same embeddings and ends byte-equal."""
+    import pipeline.core.methods as methods
+    import pipeline.stages.train as tr
+
+    tmp, packed = setup
+    spec = model_dir_spec(tmp / "base")
+    p = TrainParams(steps=4, batch_size=8, lr=1e-3, warmup_steps=1, eval_every=1, checkpoint_every=1)
+    encoded = []
+    real_image = methods.Step._image
+    monkeypatch.setattr(methods.Step, "_image", lambda self, x: encoded.append(x.shape[0]) or real_image(self, x))
+    drawn = []
+    real_step = methods.Step.__init__
+
+    def recording_init(self, *a, **kw):
+        real_step(self, *a, **kw)
+        drawn.extend(self.image_keys)
+
+    monkeypatch.setattr(methods.Step, "__init__", recording_init)
+    whole = train("lp", packed, spec, tmp / "lp_whole", p, NoParams(), seed=3)
+    assert len(drawn) == 32 and encoded == [1] * len(set(drawn)) and len(set(drawn)) <= 20
+
+    real_log = tr._log
+
+    def dying_log(live, step, record):
+        real_log(live, step, record)
+        if step == 2:
+            raise Killed
+
+    monkeypatch.setattr(tr, "_log", dying_log)
+    with pytest.raises(Killed):
+        train("lp", packed, spec, tmp / "lp_resumed", p, NoParams(), seed=3)
+    monkeypatch.setattr(tr, "_log", real_log)
+    resumed = train("lp", packed, spec, tmp / "lp_resumed", p, NoParams(), seed=3)
+    assert [h.get("loss") for h in resumed["history"]] == [h.get("loss") for h in whole["history"]]
+    ha = torch.load(tmp / "lp_whole/head.pt", weights_only=True)["weight"]
+    hb = torch.load(tmp / "lp_resumed/head.pt", weights_only=True)["weight"]
+    assert torch.equal(ha, hb)
+
+
+def test_cached_frozen_embeddings_are_the_towers_own():
+    from pipeline.core.methods import Step
+
+    torch.manual_seed(0)
+    tower = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 4))
+    model = type("M", (torch.nn.Module,), {"encode_image": lambda self, x: tower(x)})()
+    images = torch.randn(5, 3, 2, 2)
+    known = {}
+    for keys, rows in ((["a", "b", "c"], [0, 1, 2]), (["c", "d", "a"], [2, 3, 0])):
+        step = Step(model=model, tokenizer=None, images=images[rows], labels=torch.zeros(3), captions=[], prompts=[],
+                    prompt_labels=torch.zeros(0), train_image=False, frozen_image_emb=known, image_keys=keys)
+        expected = torch.nn.functional.normalize(tower(images[rows]), dim=-1)
+        assert torch.allclose(step.image_emb, expected, atol=1e-6) and not step.image_emb.requires_grad
+    assert sorted(known) == ["a", "b", "c", "d"]

@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from pipeline.config import register_params
+from pipeline.core.encode import TEXT_CALL_COST_TOKENS, in_text_order, length_buckets
 from pipeline.core.losses import contrastive_loss, group_ids
 
 IMAGE, TEXT, HEAD = "image", "text", "head"
@@ -86,6 +87,10 @@ class Step:
     head: torch.Tensor | None = None  # C x D classifier weights (methods with a head)
     head_scale: float = 1.0  # the base model's temperature, fixed: head logits are on the zero-shot scale
     train_image: bool = True  # False: the image tower is frozen this phase, so no graph is built for it
+    # With a frozen image tower (in eval mode): embeddings by sample key (`image_keys`), kept by the
+    # trainer for the phase, so each image goes through the tower once however often it is drawn.
+    frozen_image_emb: dict | None = None
+    image_keys: list[str] | None = None
     # Data-parallel runs: `images`, `labels` and `anchor_images` are this rank's share of the global
     # batch; `captions`, `anchor_captions` and the prompts are the global batch's; `gather`
     # concatenates a per-rank tensor over ranks with gradients, so every contrastive term sees the
@@ -99,16 +104,22 @@ class Step:
     # a second forward pass. Needs deterministic towers (no dropout), as CLIP's are.
     micro_batch: int | None = None
     _replay: list = field(default_factory=list, init=False, repr=False)
+    # Every distinct text of the step, encoded once: row of each text in `_text_bank`.
+    _text_rows: dict = field(default_factory=dict, init=False, repr=False)
+    _text_bank: torch.Tensor | None = field(default=None, init=False, repr=False)
 
     @property
     def logit_scale(self) -> torch.Tensor:
         return self.model.logit_scale.exp().clamp(max=100)
 
     def _text(self, texts: list[str]) -> torch.Tensor:
-        tokens = self.tokenizer(texts)
-        if isinstance(tokens, torch.Tensor):
-            tokens = tokens.to(self.images.device)
-        return F.normalize(self.model.encode_text(tokens), dim=-1)
+        """One pass through the text tower, in length buckets (`length_buckets`): prompts are ~8 tokens
+        and captions up to ~28, and a batch padded to its longest was half padding."""
+        device = self.images.device
+        buckets = length_buckets(self.tokenizer, texts, TEXT_CALL_COST_TOKENS.get(device.type))
+        return F.normalize(in_text_order([
+            (group, self.model.encode_text(ids.to(device) if isinstance(ids, torch.Tensor) else ids))
+            for group, ids in buckets]), dim=-1)
 
     def _image(self, images: torch.Tensor) -> torch.Tensor:
         return F.normalize(self.model.encode_image(images), dim=-1)
@@ -122,8 +133,21 @@ class Step:
         self._replay.append((fn, inputs, leaf))
         return leaf
 
+    def encode_texts(self, *text_sets: list[str]) -> list[torch.Tensor]:
+        """Embeddings of several lists of texts from one pass through the text tower: a loss that uses
+        prompts, captions and anchor captions asks for all of them first, so the step's distinct
+        texts are encoded together, each once. A text already encoded in this step is not encoded
+        again (identical captions share one embedding, one dropout mask included)."""
+        new = [t for t in dict.fromkeys(t for texts in text_sets for t in texts) if t not in self._text_rows]
+        if new:
+            emb = self._encode(self._text, new)
+            self._text_bank = emb if self._text_bank is None else torch.cat([self._text_bank, emb])
+            self._text_rows.update((t, len(self._text_rows)) for t in new)
+        return [self._text_bank[torch.tensor([self._text_rows[t] for t in texts], device=self._text_bank.device)]
+                for texts in text_sets]
+
     def encode_text(self, texts: list[str]) -> torch.Tensor:
-        return self._encode(self._text, texts)
+        return self.encode_texts(texts)[0]
 
     def encode_image(self, images: torch.Tensor) -> torch.Tensor:
         with torch.set_grad_enabled(self.train_image and torch.is_grad_enabled()):
@@ -142,7 +166,14 @@ class Step:
 
     @cached_property
     def image_emb(self) -> torch.Tensor:
-        return self.encode_image(self.images)
+        known = self.frozen_image_emb
+        if known is None or self.train_image:
+            return self.encode_image(self.images)
+        with torch.no_grad():  # one image at a time: its embedding cannot depend on the batch it came in,
+            for i, k in enumerate(self.image_keys):  # so a resumed run computes the same values
+                if k not in known:
+                    known[k] = self._image(self.images[i:i + 1])[0]
+        return torch.stack([known[k] for k in self.image_keys])
 
     def gathered(self, x: torch.Tensor) -> torch.Tensor:
         return x if self.gather is None else self.gather(x)
@@ -214,6 +245,14 @@ def head_ce_loss(step: Step) -> torch.Tensor:
     return F.cross_entropy(step.head_scale * step.image_emb @ step.head.t(), step.labels)
 
 
+def flyp_with_anchors(step: Step, lambda_tca: float, lambda_ita: float, p: AnchorParams) -> dict[str, torch.Tensor]:
+    """The FLYP term plus the anchor terms with a weight above 0; their texts (prompts, captions,
+    anchor captions) go through the text tower in one pass."""
+    step.encode_texts(step.prompts, *([step.captions] if lambda_tca > 0 else []),
+                      *([step.anchor_captions] if lambda_ita > 0 else []))
+    return {"flyp": flyp_loss(step), **anchor_terms(step, lambda_tca, lambda_ita, p)}
+
+
 def anchor_terms(step: Step, lambda_tca: float, lambda_ita: float, p: AnchorParams) -> dict[str, torch.Tensor]:
     scale = p.anchor_logit_scale
     if getattr(p, "mixing", "separate") == "joint" and lambda_tca > 0 and lambda_ita > 0:
@@ -263,19 +302,19 @@ def flyp(step: Step, p: NoParams) -> dict[str, torch.Tensor]:
 @register_method("arf", ArfParams, phases=((IMAGE, TEXT),), needs_anchors=True)
 def arf(step: Step, p: ArfParams) -> dict[str, torch.Tensor]:
     """ARF: FLYP + text-compensated anchors (captions) + retrieved image-text anchors."""
-    return {"flyp": flyp_loss(step), **anchor_terms(step, p.lambda_tca, p.lambda_ita, p)}
+    return flyp_with_anchors(step, p.lambda_tca, p.lambda_ita, p)
 
 
 @register_method("arf_tca", ArfTcaParams, phases=((IMAGE, TEXT),))
 def arf_tca(step: Step, p: ArfTcaParams) -> dict[str, torch.Tensor]:
     """ARF ablation: FLYP + captioned finetune images only."""
-    return {"flyp": flyp_loss(step), **anchor_terms(step, p.lambda_tca, 0.0, p)}
+    return flyp_with_anchors(step, p.lambda_tca, 0.0, p)
 
 
 @register_method("arf_ita", ArfItaParams, phases=((IMAGE, TEXT),), needs_anchors=True)
 def arf_ita(step: Step, p: ArfItaParams) -> dict[str, torch.Tensor]:
     """ARF ablation: FLYP + retrieved image-text anchors only."""
-    return {"flyp": flyp_loss(step), **anchor_terms(step, 0.0, p.lambda_ita, p)}
+    return flyp_with_anchors(step, 0.0, p.lambda_ita, p)
 
 
 # One field per registered method, typed by its params dataclass: `methods.<name>` in params.yaml.

@@ -278,16 +278,15 @@ def load_val(root: Path, preprocess) -> tuple[torch.Tensor, torch.Tensor]:
 
 @torch.inference_mode()
 def val_accuracy(model, tokenizer, classnames, templates, images, labels, head: torch.Tensor | None = None) -> float:
-    was_training = model.training
+    modes = [(m, m.training) for m in model.modules()]  # put back as found: frozen parts stay in eval mode
     model.eval()
     head = head if head is not None else zeroshot_head(model, tokenizer, classnames, templates)
     n = inference_batch_size(images.device)
     feats = torch.cat([F.normalize(model.encode_image(pixels(images[i:i + n], images.device)), dim=-1)
                        for i in range(0, len(images), n)])
     acc = ((feats @ head.t()).argmax(1) == labels).float().mean().item() * 100
-    if was_training:
-        model.train()
-        freeze_batchnorm(model)
+    for m, training in modes:
+        m.training = training
     return acc
 
 
@@ -393,7 +392,10 @@ def train(method_name: str, packed_dir: Path, base_spec: str, out_dir: Path, par
         if head is not None:
             head.requires_grad_(HEAD in parts)
             trained += [head] if HEAD in parts else []
-        opt = torch.optim.AdamW(trained, lr=params.lr, weight_decay=params.weight_decay)
+        # fused: one kernel over all parameters; on 2 CPU cores 11-15 ms a step for both towers
+        # (26 M parameters) against 65-68 ms for the default multi-tensor AdamW
+        opt = torch.optim.AdamW(trained, lr=params.lr, weight_decay=params.weight_decay,
+                                fused=device.type in ("cpu", "cuda"))
         sched = torch.optim.lr_scheduler.LambdaLR(  # linear warm-up, then cosine decay to zero
             opt, lambda s: lr_factor(s, params.steps, params.warmup_steps))
         first = 0
@@ -410,6 +412,14 @@ def train(method_name: str, packed_dir: Path, base_spec: str, out_dir: Path, par
         step_i += first
         model.train()
         freeze_batchnorm(model)
+        # A frozen image tower is a feature extractor: in eval mode, so an image's embedding is the
+        # same at every draw and is computed once per phase (`Step.frozen_image_emb`) when images
+        # repeat: LP's 3,840 draws of the default's 241 finetune images (ImageNet's 61 k draws of
+        # 1.28 M images would only fill memory).
+        repeats = ft_data.size < params.steps * params.batch_size
+        frozen_image_emb = {} if IMAGE not in parts and repeats else None
+        if IMAGE not in parts:
+            model.visual.eval()
         # GradCache backpropagates in several passes, which DDP's one-backward bookkeeping does not
         # follow: its gradients are averaged over ranks by hand (no overlap with the backward pass).
         loss_fn = method.loss if dd.world == 1 or params.micro_batch_size else \
@@ -429,7 +439,7 @@ def train(method_name: str, packed_dir: Path, base_spec: str, out_dir: Path, par
                 captions=everyone([s["txt"] for s in drawn]),
                 prompts=[rng.choice(templates).replace("{c}", classnames[c]) for c in distinct],
                 prompt_labels=torch.tensor(distinct).to(device), head=head, head_scale=head_scale,
-                train_image=IMAGE in parts,
+                train_image=IMAGE in parts, frozen_image_emb=frozen_image_emb, image_keys=[s["key"] for s in batch],
                 gather=dd.gather if dd.world > 1 else None, all_labels=all_labels.to(device) if dd.world > 1 else None,
                 micro_batch=params.micro_batch_size,
             )

@@ -10,6 +10,7 @@ import typing
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from pipeline.core.methods import ArfParams, Step, caption_loss, get_method
 
@@ -110,13 +111,14 @@ def test_caption_loss_takes_every_image_with_the_same_caption_as_a_positive():
     """Positives are decided by the caption text, not by the embeddings. (When the text tower gives
     every copy of a caption the same embedding, spreading the target over the copies and targeting
     one's own copy give the same loss, so the stub here encodes the copies differently, as a tower
-    with dropout in training mode would.)"""
+    with dropout in training mode would if each copy went through it.)"""
     texts = {**{f"{t}#0": v for t, v in TEXTS.items()}, "cap a#1": TEXTS["cap a"], "anc x#1": [1.0, 0.0]}
 
     def tokenizer(captions):  # each copy of a caption gets its own token
         return [f"{c}#{captions[:i].count(c)}" for i, c in enumerate(captions)]
 
     step = arf_step(texts, tokenizer)
+    step.encode_text = lambda captions: F.normalize(step.model.encode_text(tokenizer(captions)), dim=-1)
     anc_img = [IMAGES[i] for i in (3, 4, 5)]
     txt = [texts[t] for t in tokenizer(ANCHOR_CAPTIONS)]
     expected = ref_group_clip(anc_img, txt, ANCHOR_CAPTIONS, ANCHOR_CAPTIONS, 2.0)
@@ -124,6 +126,23 @@ def test_caption_loss_takes_every_image_with_the_same_caption_as_a_positive():
     assert abs(expected - as_negatives) > 0.05  # the case tells the two apart
     got = caption_loss(step.encode_image(step.anchor_images), ANCHOR_CAPTIONS, step)
     assert got.item() == pytest.approx(expected, rel=1e-5)
+
+
+def test_a_step_encodes_each_distinct_caption_once_so_copies_share_an_embedding():
+    """The trainer's step sends each distinct text through the tower once (`Step.encode_texts`): the
+    copies of a caption share its embedding, so the ita term is the group loss on shared rows."""
+    texts = {**{f"{t}#0": v for t, v in TEXTS.items()}, "cap a#1": TEXTS["cap a"], "anc x#1": [1.0, 0.0]}
+
+    def tokenizer(captions):  # each copy of a caption would get its own token
+        return [f"{c}#{captions[:i].count(c)}" for i, c in enumerate(captions)]
+
+    step = arf_step(texts, tokenizer)
+    anc_img = [IMAGES[i] for i in (3, 4, 5)]
+    shared = [texts[f"{c}#0"] for c in ANCHOR_CAPTIONS]
+    expected = ref_group_clip(anc_img, shared, ANCHOR_CAPTIONS, ANCHOR_CAPTIONS, 2.0)
+    per_copy = ref_group_clip(anc_img, [texts[t] for t in tokenizer(ANCHOR_CAPTIONS)], ANCHOR_CAPTIONS,
+                              ANCHOR_CAPTIONS, 2.0)
+    assert abs(expected - per_copy) > 0.05  # the case tells the two apart
     terms = get_method("arf").loss(step, ArfParams(lambda_tca=0.0, lambda_ita=1.0))
     assert terms["ita"].item() == pytest.approx(expected, rel=1e-5)
 

@@ -6,17 +6,13 @@ import shutil
 
 import pytest
 import torch
-from test_train import setup, weights  # noqa: F401  (setup is a fixture)
+from test_train import setup, train_killed_after, weights  # noqa: F401  (setup is a fixture)
 
 import pipeline.stages.train as tr
 from pipeline.core.methods import ArfParams
 from pipeline.core.models import create_model, model_dir_spec, write_model_dir
 from pipeline.io.shards import iter_samples, write_shards
 from pipeline.stages.train import TrainParams, train
-
-
-class Killed(Exception):
-    pass
 
 
 def fewer_anchors(packed, tmp_path):
@@ -41,18 +37,8 @@ def test_a_resume_state_of_other_inputs_starts_fresh_and_says_which(setup, monke
     tmp, packed = setup
     p = TrainParams(steps=3, batch_size=6, anchor_batch_size=5, lr=1e-3, warmup_steps=1, eval_every=1, checkpoint_every=1)
     out = tmp_path / "arf"
-    real_log = tr._log
-
-    def dying_log(live, step, record):
-        real_log(live, step, record)
-        if step == 2:
-            raise Killed
-
-    monkeypatch.setattr(tr, "_log", dying_log)
-    with pytest.raises(Killed):
-        train("arf", packed, model_dir_spec(tmp / "base"), out, p, ArfParams(), seed=3)
+    train_killed_after(monkeypatch, 2, "arf", packed, model_dir_spec(tmp / "base"), out, p, ArfParams(), seed=3)
     assert tr.resume_path(out).is_file()
-    monkeypatch.setattr(tr, "_log", real_log)
 
     packed_b = fewer_anchors(packed, tmp_path) if changed == "packed data" else packed
     base_b = perturbed_base(tmp / "base", tmp_path) if changed == "base model" else tmp / "base"

@@ -135,6 +135,23 @@ class Killed(Exception):
     pass
 
 
+def train_killed_after(monkeypatch, step: int, *args, **kwargs) -> None:
+    """`train(*args, **kwargs)` stopped right after it logs `step`, as a kill between steps would."""
+    import pipeline.stages.train as tr
+
+    real_log = tr._log
+
+    def dying_log(live, at, record):
+        real_log(live, at, record)
+        if at == step:
+            raise Killed
+
+    monkeypatch.setattr(tr, "_log", dying_log)
+    with pytest.raises(Killed):
+        tr.train(*args, **kwargs)
+    monkeypatch.setattr(tr, "_log", real_log)
+
+
 @pytest.mark.parametrize("method,params,kill_at,workers", [("arf", ArfParams(), 3, 0), ("lpft", NoParams(), 5, 0),
                                                             ("arf", ArfParams(), 3, 2)])
 def test_a_killed_run_resumes_from_its_checkpoint_and_ends_bit_identical(setup, monkeypatch, method, params, kill_at,
@@ -152,19 +169,9 @@ def test_a_killed_run_resumes_from_its_checkpoint_and_ends_bit_identical(setup, 
     whole = train(method, packed, spec, tmp / f"{method}_whole", p, params, seed=3)
     assert not tr.resume_path(tmp / f"{method}_whole").exists()  # removed once the model is written
 
-    real_log = tr._log
-
-    def dying_log(live, step, record):
-        real_log(live, step, record)
-        if step == kill_at:
-            raise Killed
-
-    monkeypatch.setattr(tr, "_log", dying_log)
-    with pytest.raises(Killed):
-        train(method, packed, spec, tmp / f"{method}_resumed", p, params, seed=3)
+    train_killed_after(monkeypatch, kill_at, method, packed, spec, tmp / f"{method}_resumed", p, params, seed=3)
     state = tr.resume_path(tmp / f"{method}_resumed")
     assert state.is_file() and not (tmp / f"{method}_resumed").exists()
-    monkeypatch.setattr(tr, "_log", real_log)
     resumed = train(method, packed, spec, tmp / f"{method}_resumed", p, params, seed=3)
     assert [h.get("loss") for h in resumed["history"]] == [h.get("loss") for h in whole["history"]]
     wa, wb = weights(tmp / f"{method}_whole"), weights(tmp / f"{method}_resumed")
@@ -486,17 +493,7 @@ def test_a_frozen_image_tower_encodes_each_drawn_image_once_and_a_killed_lp_resu
     whole = train("lp", packed, spec, tmp / "lp_whole", p, NoParams(), seed=3)
     assert len(drawn) == 32 and encoded == [1] * len(set(drawn)) and len(set(drawn)) <= 20
 
-    real_log = tr._log
-
-    def dying_log(live, step, record):
-        real_log(live, step, record)
-        if step == 2:
-            raise Killed
-
-    monkeypatch.setattr(tr, "_log", dying_log)
-    with pytest.raises(Killed):
-        train("lp", packed, spec, tmp / "lp_resumed", p, NoParams(), seed=3)
-    monkeypatch.setattr(tr, "_log", real_log)
+    train_killed_after(monkeypatch, 2, "lp", packed, spec, tmp / "lp_resumed", p, NoParams(), seed=3)
     resumed = train("lp", packed, spec, tmp / "lp_resumed", p, NoParams(), seed=3)
     assert [h.get("loss") for h in resumed["history"]] == [h.get("loss") for h in whole["history"]]
     ha = torch.load(tmp / "lp_whole/head.pt", weights_only=True)["weight"]

@@ -61,23 +61,20 @@ def _load_for_all_clip(spec: str, use_jit: bool, device: str, clip_cache_path: s
         already encoded in this run is not encoded again (the default corpus's 10,322 captions are
         5,724 texts: an emoji's four styles share one), up to `_TEXT_MEMO_ROWS` remembered."""
 
-        _memo: dict = {}
+        memo: dict = {}  # a class per loaded model, so one memo per model
 
         def encode_text(self, text):
             keys = [row.tobytes() for row in text.cpu().numpy()]
-            new = list(dict.fromkeys(k for k in keys if k not in self._memo))
+            new = {k: i for i, k in enumerate(keys) if k not in self.memo}  # each new text's row
+            fresh = {}
             if new:
-                at = {k: i for i, k in enumerate(keys)}
-                ids = text[[at[k] for k in new]]
-                emb = in_text_order([(group, super(TrimmingWrapper, self).encode_text(rows))
-                                     for group, rows in id_length_buckets(ids, tokenizer.pad_id,
-                                                                          TEXT_CALL_COST_TOKENS.get(ids.device.type))])
+                buckets = id_length_buckets(text[list(new.values())], tokenizer.pad_id,
+                                            TEXT_CALL_COST_TOKENS.get(text.device.type))
+                emb = in_text_order([(group, super(TrimmingWrapper, self).encode_text(ids)) for group, ids in buckets])
                 fresh = dict(zip(new, emb))
-                if len(self._memo) < _TEXT_MEMO_ROWS:
-                    self._memo.update(fresh)
-            else:
-                fresh = {}
-            return torch.stack([fresh[k] if k in fresh else self._memo[k] for k in keys])
+                if len(self.memo) < _TEXT_MEMO_ROWS:
+                    self.memo.update(fresh)
+            return torch.stack([fresh[k] if k in fresh else self.memo[k] for k in keys])
 
     loaded = create_model(spec, device=device)
     # open_clip's create_model returns the model in train mode, and all_clip never calls eval():
